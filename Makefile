@@ -1,0 +1,36 @@
+# Set-up from a fresh clone, then the checks. `make test`: venv, install, pytest. `make demo`:
+# a small synthetic PerSeg sample segmented with the official SAM2.1-tiny checkpoint.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+# Extra pip flags for torch, e.g. a CUDA index: TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cu128"
+TORCH_PIP_ARGS ?=
+# 1 builds sam2's CUDA extension (needs nvcc; only hole filling in masks uses it)
+SAM2_BUILD_CUDA ?= 0
+SAM2_VERSION ?= 1.1.0
+
+.PHONY: install test demo clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+	$(PY) -m pip install --quiet -r requirements.txt
+	# --no-deps: sam2 would pull torchvision and a CUDA torch; its video path needs neither
+	SAM2_BUILD_CUDA=$(SAM2_BUILD_CUDA) $(PY) -m pip install --quiet --no-deps --no-build-isolation "sam2==$(SAM2_VERSION)"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(PY) make_demo_data.py --output_dir datasets/demo_perseg
+	bash checkpoints/download_ckpts.sh tiny
+	$(PY) sam2_permis.py --dataset_file perseg --data_path datasets/demo_perseg \
+		--sam2_cfg configs/sam2.1/sam2.1_hiera_t.yaml \
+		--sam2_checkpoint checkpoints/sam2.1_hiera_tiny.pt \
+		--output_dir outputs/demo --save_masks --visualize
+
+clean:
+	rm -rf $(VENV) outputs datasets/demo_perseg

@@ -1,0 +1,70 @@
+"""Shared fixtures: a shrunk random SAM2 (config yaml + official-format checkpoint) and small
+synthetic datasets in the official formats."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose
+from omegaconf import OmegaConf
+
+from tiny_sam2 import TINY_CFG, TINY_OVERRIDES
+from utils.sam2_model import build_sam2_model
+from utils.synthetic import render_object, render_scene, write_jpeg, write_perseg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_sam2(tmp_path_factory):
+    """(config yaml path, checkpoint path) of a shrunk SAM2.1 with seeded random weights."""
+    folder = tmp_path_factory.mktemp("tiny_sam2")
+    cfg_path = folder / "sam2.1_tiny_test.yaml"
+    OmegaConf.save(compose(config_name=TINY_CFG, overrides=TINY_OVERRIDES), cfg_path)
+    torch.manual_seed(0)
+    model = build_sam2_model(str(cfg_path), None)
+    # random weights score every object as absent; lift the object-score head so masks appear
+    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data += 3.0
+    ckpt_path = folder / "sam2.1_tiny_test.pt"
+    torch.save({"model": model.state_dict()}, ckpt_path)
+    return cfg_path, ckpt_path
+
+
+@pytest.fixture(scope="session")
+def perseg_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("perseg")
+    write_perseg(root, num_objects=2, images_per_object=4, seed=1, size=(72, 96))
+    return root
+
+
+def write_permirs(root, num_videos=3, seed=0, size=(72, 96), tiny_target_video=None):
+    """A PerMIRS-format folder: <video>/{0,1,2}.jpg and masks.npz.npy (pickled list of 3 dicts).
+    In `tiny_target_video`, the frame-1 mask is shrunk under 0.5% of the image."""
+    rng = np.random.default_rng(seed)
+    for v in range(num_videos):
+        video = Path(root) / f"video_{v}"
+        obj = render_object(seed * 100 + v)
+        masks = []
+        for f in range(3):
+            image, mask = render_scene(rng, obj, *size, scale=float(rng.uniform(0.3, 0.5)))
+            if v == tiny_target_video and f == 1:
+                mask = np.zeros_like(mask)
+                mask[:2, :2] = True
+            write_jpeg(video / f"{f}.jpg", image)
+            masks.append({7 + v: mask})
+        video.mkdir(parents=True, exist_ok=True)
+        np.save(video / "masks.npz.npy", np.array(masks, dtype=object), allow_pickle=True)
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def permirs_root(tmp_path_factory):
+    return write_permirs(tmp_path_factory.mktemp("permirs"), tiny_target_video=2)
+
+
+def run_script(script: str, *args, cwd=None):
+    """Run a top-level script as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=600)

@@ -1,0 +1,52 @@
+"""Metrics on small hand-computed masks."""
+import numpy as np
+import pytest
+
+from utils.metrics import (boundary_intersection_union, global_iou, intersection_union, iou,
+                           mask_boundary, perseg_miou)
+
+
+def box_mask(shape, y0, y1, x0, x1):
+    mask = np.zeros(shape, bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def test_iou_by_hand():
+    pred = box_mask((4, 4), 0, 2, 0, 2)  # 4 pixels
+    gt = box_mask((4, 4), 1, 3, 1, 3)  # 4 pixels, 1 shared
+    assert intersection_union(pred, gt) == (1, 7)
+    assert iou(pred, gt) == pytest.approx(1 / 7)
+    assert iou(pred, pred) == 1.0
+    assert iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)) == 1.0
+    with pytest.raises(ValueError):
+        intersection_union(pred, gt[:3])
+
+
+def test_boundary_band_width():
+    # 10 x 10 image: diagonal 14.1, 2% of it rounds to 0 -> at least 1 pixel of band
+    mask = box_mask((10, 10), 2, 8, 2, 8)
+    band = mask_boundary(mask)
+    assert band.sum() == 36 - 16  # a 6x6 square minus its 4x4 inside
+    # 100 x 100: diagonal 141.4 -> 2.83 -> 3 pixels of band
+    big = box_mask((100, 100), 10, 60, 10, 60)
+    assert mask_boundary(big).sum() == 50 * 50 - 44 * 44
+    # touching the image border: outside counts as background, so the border is boundary too
+    full = np.ones((100, 100), bool)
+    assert mask_boundary(full).sum() == 100 * 100 - 94 * 94
+
+
+def test_boundary_iou_by_hand():
+    gt = box_mask((10, 10), 2, 8, 2, 8)  # band: ring of the 6x6 square, 20 px
+    pred = box_mask((10, 10), 2, 8, 3, 9)  # same square moved right by 1, ring 20 px
+    inter, union = boundary_intersection_union(pred, gt)
+    # shared: top and bottom rows at x=3..7 (5 each); the side columns (gt x=2,7; pred x=3,8)
+    # each fall inside the other square, not on its ring
+    assert inter == 5 + 5
+    assert union == 20 + 20 - inter
+
+
+def test_aggregations():
+    counts = {"a": (1, 2), "b": (3, 4)}
+    assert perseg_miou(counts) == pytest.approx((0.5 + 0.75) / 2)  # mean of per-object ratios
+    assert global_iou(counts) == pytest.approx(4 / 6)  # one global ratio

@@ -1,0 +1,183 @@
+"""The engine computes, for the target, what the official SAM2VideoPredictor computes for the last
+frame of the same video, and batching or caching changes nothing."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sam2.build_sam import build_sam2_video_predictor
+
+import utils.pseudo_video as pv
+from tiny_sam2 import TINY_CFG, TINY_OVERRIDES
+from utils.pseudo_video import PseudoVideo
+from utils.sam2_model import build_sam2_model
+from utils.synthetic import render_object, render_scene, write_jpeg
+
+HEIGHT, WIDTH = 96, 128  # not square, so the resize to the model's input matters
+BOXES = [[30, 20, 90, 60], [10, 12, 70, 80]]
+
+
+@pytest.fixture(scope="module")
+def models():
+    """The official predictor and our model, the same random weights."""
+    torch.manual_seed(0)
+    official = build_sam2_video_predictor(TINY_CFG, device="cpu", hydra_overrides_extra=TINY_OVERRIDES)
+    official.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data += 3.0  # objects present
+    ours = build_sam2_model(TINY_CFG, None, overrides=TINY_OVERRIDES)
+    ours.load_state_dict(official.state_dict())
+    return official, ours
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory):
+    """Four JPEG frames and a mask per frame, all at the same size (one video's frames)."""
+    folder = tmp_path_factory.mktemp("frames")
+    rng = np.random.default_rng(3)
+    obj, masks = render_object(5), []
+    for i in range(4):
+        image, mask = render_scene(rng, obj, HEIGHT, WIDTH, scale=0.5)
+        write_jpeg(folder / f"{i}.jpg", image)
+        masks.append(mask)
+    return folder, masks
+
+
+def run_official(predictor, frames_dir, order, prompts, kind, tmp_path):
+    """Frames `order` as a video; prompts on all but the last; returns the last frame's
+    video-resolution mask logits, and the IoUs and object-score logit of its decoder call."""
+    video = tmp_path / "video"
+    video.mkdir()
+    for j, i in enumerate(order):
+        shutil.copy(frames_dir / f"{i}.jpg", video / f"{j}.jpg")
+    decoder_calls = []
+    forward_sam_heads = predictor._forward_sam_heads
+
+    def recording(*args, **kwargs):
+        outputs = forward_sam_heads(*args, **kwargs)
+        decoder_calls.append(outputs)
+        return outputs
+
+    predictor._forward_sam_heads = recording
+    try:
+        state = predictor.init_state(str(video))
+        for j, prompt in enumerate(prompts):
+            if kind == "mask":
+                predictor.add_new_mask(state, j, 1, prompt)
+            else:
+                predictor.add_new_points_or_box(state, j, 1, box=prompt)
+        for _, _, masks in predictor.propagate_in_video(state):
+            last = masks
+    finally:
+        del predictor._forward_sam_heads
+    _, _, ious, *_, object_score_logits = decoder_calls[-1]  # the target's decoder pass
+    return last[0, 0], ious, object_score_logits[:, 0]
+
+
+def run_engine(model, frames_dir, order, prompts, kind):
+    engine = PseudoVideo(model)
+    frames = [engine.prepare(Image.open(frames_dir / f"{i}.jpg"), image_id=str(i)) for i in order]
+    prompt = {"masks": prompts} if kind == "mask" else {"boxes": prompts}
+    reference = engine.encode_reference(frames[:-1], **prompt)
+    return engine.score_targets(reference, frames[-1:])
+
+
+CASES = {
+    "mask": ("mask", [0, 1]),
+    "box": ("box", [0, 1]),
+    "two_refs_mask": ("mask", [0, 2, 1]),
+    "two_refs_box": ("box", [0, 2, 1]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_official_video_predictor(models, frames_dir, case, tmp_path):
+    official, ours = models
+    folder, masks = frames_dir
+    kind, order = CASES[case]
+    prompts = [masks[i] for i in order[:-1]] if kind == "mask" else BOXES[:len(order) - 1]
+    want_logits, want_ious, want_object = run_official(official, folder, order, prompts, kind, tmp_path)
+    got = run_engine(ours, folder, order, prompts, kind)
+
+    assert got.mask_logits[0].shape == (HEIGHT, WIDTH)
+    assert (want_logits > 0).any() and not (want_logits > 0).all()  # a real mask, not a blank
+    torch.testing.assert_close(got.mask_logits[0], want_logits, atol=1e-5, rtol=0)
+    assert torch.equal(got.mask_logits[0] > 0, want_logits > 0)
+    torch.testing.assert_close(got.ious, want_ious, atol=1e-6, rtol=0)
+    assert got.ious.shape == (1, 3)  # sam2.1 predicts 3 masks on tracking frames
+    torch.testing.assert_close(got.iou, want_ious.max(dim=1).values, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.object_score_logit, want_object, atol=1e-5, rtol=0)
+
+
+def test_equivalence_check_detects_drift(models, frames_dir, tmp_path, monkeypatch):
+    """The comparison above has teeth: a different resize filter, or a reference memory without
+    its bf16 storage rounding, moves the logits past the tolerance."""
+    official, ours = models
+    folder, masks = frames_dir
+    want_logits, _, _ = run_official(official, folder, [0, 1], [masks[0]], "mask", tmp_path)
+
+    def bilinear_frame(image, image_size, image_id=None):
+        resized = image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+        pixels = torch.from_numpy(np.asarray(resized) / 255.0).permute(2, 0, 1).float()
+        return pv.Frame((pixels - pv.IMG_MEAN) / pv.IMG_STD, image.height, image.width, image_id)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pv, "prepare_frame", bilinear_frame)
+        drifted = run_engine(ours, folder, [0, 1], [masks[0]], "mask")
+    assert (drifted.mask_logits[0] - want_logits).abs().max() > 1e-3
+
+    engine = PseudoVideo(ours)
+    frames = [engine.prepare(Image.open(folder / f"{i}.jpg")) for i in (0, 1)]
+    reference = engine.encode_reference(frames[:1], masks=[masks[0]])
+    for out in reference.cond_outputs.values():
+        out["maskmem_features"] = torch.zeros_like(out["maskmem_features"])  # memory term gone
+    no_memory = engine.score_targets(reference, frames[1:])
+    assert (no_memory.mask_logits[0] - want_logits).abs().max() > 1e-3
+
+
+def test_batched_targets_equal_one_at_a_time(models, frames_dir):
+    _, ours = models
+    folder, masks = frames_dir
+    engine = PseudoVideo(ours)
+    frames = [engine.prepare(Image.open(folder / f"{i}.jpg")) for i in range(4)]
+    # targets of different sizes in one batch: each mask comes back at its own size
+    frames[3] = engine.prepare(Image.open(folder / "3.jpg").resize((80, 60)))
+    reference = engine.encode_reference(frames[:1], masks=[masks[0]])
+    batch = engine.score_targets(reference, frames[1:])
+    for b, frame in enumerate(frames[1:]):
+        single = engine.score_targets(reference, [frame])
+        assert batch.mask_logits[b].shape == (frame.height, frame.width)
+        torch.testing.assert_close(batch.mask_logits[b], single.mask_logits[0], atol=1e-5, rtol=0)
+        assert torch.equal(batch.mask_logits[b] > 0, single.mask_logits[0] > 0)
+        torch.testing.assert_close(batch.ious[b], single.ious[0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(batch.object_score_logit[b], single.object_score_logit[0],
+                                   atol=1e-5, rtol=0)
+
+
+def test_each_image_is_encoded_once(models, frames_dir):
+    _, ours = models
+    folder, masks = frames_dir
+    engine = PseudoVideo(ours)
+    frames = [engine.prepare(Image.open(folder / f"{i}.jpg"), image_id=f"img{i}") for i in range(4)]
+    first = engine.score_targets(engine.encode_reference(frames[:1], masks=[masks[0]]), frames[1:])
+    second_ref = engine.encode_reference(frames[1:2], masks=[masks[1]])
+    again = engine.score_targets(second_ref, [frames[2], frames[3], frames[2], frames[0]])
+    assert engine.encoder_passes == 4  # 4 distinct images, 2 references, 7 targets
+    fresh = PseudoVideo(ours)  # cached features give the same scores as fresh ones
+    fresh_scores = fresh.score_targets(fresh.encode_reference(frames[1:2], masks=[masks[1]]), frames[2:4])
+    torch.testing.assert_close(again.ious[:2], fresh_scores.ious, atol=1e-6, rtol=0)
+    torch.testing.assert_close(again.ious[0], again.ious[2])
+    assert first.ious.shape == (3, 3)
+
+
+def test_presence_scores(models, frames_dir):
+    _, ours = models
+    folder, masks = frames_dir
+    engine = PseudoVideo(ours)
+    frames = [engine.prepare(Image.open(folder / f"{i}.jpg")) for i in range(3)]
+    scores = engine.score_targets(engine.encode_reference(frames[:1], masks=[masks[0]]), frames[1:])
+    torch.testing.assert_close(scores.score("iou"), scores.ious.max(dim=1).values)
+    object_prob = torch.sigmoid(scores.object_score_logit)
+    torch.testing.assert_close(scores.score("object"), object_prob)
+    torch.testing.assert_close(scores.score("iou_x_object"), scores.iou * object_prob)
+    with pytest.raises(ValueError):
+        scores.score("area")

@@ -1,0 +1,87 @@
+"""PerMIRS (the PDM paper, built from BURST): `<root>/<video_id>/{0,1,2}.jpg` + `masks.npz.npy`,
+a pickled list of 3 dicts `{track_id: bool HxW}`, one per frame (the first track is the object).
+
+The masks file is a pickle: it is only read from the data folder, as the official release needs.
+"""
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from utils.errors import UserError
+from utils.loaders.common import Episode, Sample, check_same_size, require_dir
+
+NUM_FRAMES = 3
+MIN_MASK_FRACTION = 0.005  # masks under 0.5% of the image are too small to count (official)
+
+
+@dataclass
+class Video:
+    video_id: str
+    frames: list[Path]
+    masks: list[np.ndarray]  # bool, one per frame, at the frame's size
+
+
+def load_permirs_videos(root) -> list[Video]:
+    root = require_dir(root, "--data_path", "download PerMIRS as datasets/permirs/README.md says")
+    videos = [_load_video(d) for d in sorted(p for p in root.iterdir() if p.is_dir())]
+    if not videos:
+        raise UserError("no video folders", str(root), "a PerMIRS root holds <video_id>/{0,1,2}.jpg")
+    return videos
+
+
+def _load_video(video_dir: Path) -> Video:
+    frames = [video_dir / f"{i}.jpg" for i in range(NUM_FRAMES)]
+    for frame in frames:
+        if not frame.is_file():
+            raise UserError("video folder is missing a frame", str(frame),
+                            "each PerMIRS video needs 0.jpg, 1.jpg, 2.jpg and masks.npz.npy")
+    masks_path = video_dir / "masks.npz.npy"
+    if not masks_path.is_file():
+        raise UserError("video folder has no masks file", str(masks_path),
+                        "each PerMIRS video needs 0.jpg, 1.jpg, 2.jpg and masks.npz.npy")
+    try:
+        content = np.load(masks_path, allow_pickle=True)
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError) as err:
+        raise UserError("unreadable masks file", str(masks_path), f"re-download it ({err})") from None
+    masks = _frame_masks(content, masks_path)
+    for frame, mask in zip(frames, masks):
+        check_same_size(mask.shape, frame, str(masks_path))
+    return Video(video_dir.name, frames, masks)
+
+
+def _frame_masks(content, masks_path: Path) -> list[np.ndarray]:
+    expected = "a list of 3 dicts {track_id: bool HxW array}"
+    if len(content) != NUM_FRAMES or not all(isinstance(d, dict) and d for d in content):
+        raise UserError(f"masks file is not {expected}", str(masks_path), "re-download PerMIRS")
+    masks = [np.asarray(next(iter(d.values()))) for d in content]
+    if any(m.ndim != 2 for m in masks):
+        raise UserError(f"masks file is not {expected}", str(masks_path), "re-download PerMIRS")
+    return [m.astype(bool) for m in masks]
+
+
+def is_too_small(mask: np.ndarray) -> bool:
+    return mask.mean() < MIN_MASK_FRACTION
+
+
+def permis_episodes(videos: list[Video], shots: int = 1) -> tuple[list[Episode], int]:
+    """PerMIS: reference frame 0 (its mask as the prompt), target frame 1; with k shots, frames
+    0..k-1 are references and frame k the target. Targets whose mask covers under 0.5% of the
+    image are skipped. Returns the episodes and the number of skipped targets."""
+    if not 1 <= shots < NUM_FRAMES:
+        raise UserError(f"PerMIS videos have {NUM_FRAMES} frames, so 1 or 2 shots",
+                        f"--shots {shots}", "pass --shots 1 (the official protocol) or 2")
+    episodes, skipped = [], 0
+    for video in videos:
+        if is_too_small(video.masks[shots]):
+            skipped += 1
+            continue
+        for frame, mask in zip(video.frames[:shots], video.masks[:shots]):
+            if not mask.any():
+                raise UserError("reference mask is empty", f"{video.frames[0].parent}/masks.npz.npy "
+                                f"frame {frame.stem}", "fix the masks file or remove the video")
+        references = [Sample(f, m) for f, m in zip(video.frames[:shots], video.masks[:shots])]
+        target = Sample(video.frames[shots], video.masks[shots])
+        episodes.append(Episode(video.video_id, references, [target]))
+    return episodes, skipped

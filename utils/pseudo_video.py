@@ -1,0 +1,234 @@
+"""The pseudo-video engine: reference frames with a prompt, then a target frame.
+
+Frames 0..n-1 of the pseudo-video are the reference images (mask or box prompt each, k-shot when
+n > 1) and frame n is a target. For every target, `score_targets` computes what the official
+`SAM2VideoPredictor` computes for the last frame of the video [ref_1, ..., ref_n, target] whose
+references got the same prompts through `add_new_mask` / `add_new_points_or_box`
+(tests/test_pseudo_video.py checks it against the official predictor), with three differences
+that change no number:
+- it keeps the predicted IoUs of the candidate masks, which `track_step` drops;
+- it scores a batch of targets against one reference memory at once;
+- it encodes each image once per run: backbone features are cached by image id, and the
+  memory encoder is not run on targets (nothing comes after them).
+The model is driven through `SAM2Base`'s own methods; nothing of sam2 is re-implemented.
+"""
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sam2.modeling.sam2_base import SAM2Base
+from sam2.utils.misc import concat_points, fill_holes_in_mask_scores
+
+# sam2.utils.misc.load_video_frames normalises with these
+IMG_MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float32)[:, None, None]
+IMG_STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float32)[:, None, None]
+SCORES = ("iou", "object", "iou_x_object")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """An image ready for SAM2: pixels resized to the model's square input, and its own size."""
+    pixels: torch.Tensor  # [3, S, S] float32, normalised
+    height: int
+    width: int
+    image_id: str | None = None  # frames with an id share one encoder pass per run
+
+
+def prepare_frame(image: Image.Image, image_size: int, image_id: str | None = None) -> Frame:
+    """Preprocess as sam2's video frame loader does: PIL RGB, resize((S, S)) with PIL's default
+    filter, /255, ImageNet mean/std (same operations in the same order, so the same float32s)."""
+    rgb = image.convert("RGB")
+    resized = np.asarray(rgb.resize((image_size, image_size)))
+    pixels = torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
+    pixels = (pixels - IMG_MEAN) / IMG_STD
+    return Frame(pixels, rgb.height, rgb.width, image_id)
+
+
+@dataclass
+class Reference:
+    """The memory of the reference frames, as the official predictor stores it after
+    `propagate_in_video_preflight`: one conditioning output per reference frame."""
+    cond_outputs: dict[int, dict]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.cond_outputs)
+
+
+@dataclass
+class TargetScores:
+    """What SAM2 predicts on a batch of targets (B targets, M candidate masks)."""
+    mask_logits: list[torch.Tensor]  # per target, [H, W] float32 on CPU, at the image's own size
+    ious: torch.Tensor  # [B, M] predicted IoU of each candidate mask
+    iou: torch.Tensor  # [B] predicted IoU of the chosen mask (sam2 keeps the best one)
+    object_score_logit: torch.Tensor  # [B] < 0 means "object absent" (sam2 then blanks the mask)
+
+    def score(self, kind: str) -> torch.Tensor:
+        """The presence score of each target: `iou`, `object` (sigmoid of the object-score
+        logit) or `iou_x_object` (their product)."""
+        if kind == "iou":
+            return self.iou
+        if kind == "object":
+            return torch.sigmoid(self.object_score_logit)
+        if kind == "iou_x_object":
+            return self.iou * torch.sigmoid(self.object_score_logit)
+        raise ValueError(f"unknown score {kind!r}, expected one of {SCORES}")
+
+
+class PseudoVideo:
+    """Drives a frozen SAM2 (`SAM2Base`, as built by `utils.sam2_model`) on pseudo-videos."""
+
+    def __init__(self, model: SAM2Base, amp: bool = False):
+        self.model = model
+        self.device = model.device
+        self.amp = amp and self.device.type == "cuda"
+        self.encoder_passes = 0  # images that went through the image encoder
+        self._backbone_cache: dict[str, list[torch.Tensor]] = {}
+        self._pos_enc: list[torch.Tensor] | None = None  # the same for every image
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+    def prepare(self, image: Image.Image, image_id: str | None = None) -> Frame:
+        return prepare_frame(image, self.image_size, image_id)
+
+    def forget(self, image_ids) -> None:
+        """Drop cached encoder outputs that no later pair needs."""
+        for image_id in image_ids:
+            self._backbone_cache.pop(image_id, None)
+
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _features(self, frames: list[Frame]):
+        """Backbone features of a batch, encoding only the images not seen before."""
+        to_encode = {}  # image id (or position, for frames without id) -> frame
+        for i, frame in enumerate(frames):
+            if frame.image_id is None:
+                to_encode[i] = frame
+            elif frame.image_id not in self._backbone_cache:
+                to_encode.setdefault(frame.image_id, frame)
+        fresh = {}
+        if to_encode:
+            pixels = torch.stack([f.pixels for f in to_encode.values()]).to(self.device)
+            with self._autocast():
+                backbone_out = self.model.forward_image(pixels)
+            self.encoder_passes += len(to_encode)
+            if self._pos_enc is None:
+                self._pos_enc = [pos[:1] for pos in backbone_out["vision_pos_enc"]]
+            for j, (key, frame) in enumerate(to_encode.items()):
+                levels = [level[j:j + 1] for level in backbone_out["backbone_fpn"]]
+                if frame.image_id is None:
+                    fresh[key] = levels
+                else:  # a clone, so the cache does not hold the whole batch alive
+                    self._backbone_cache[frame.image_id] = [level.clone() for level in levels]
+        per_frame = [self._backbone_cache[f.image_id] if f.image_id is not None else fresh[i]
+                     for i, f in enumerate(frames)]
+        batch = len(frames)
+        backbone_out = {
+            "backbone_fpn": [torch.cat(levels) for levels in zip(*per_frame)],
+            "vision_pos_enc": [pos.expand(batch, -1, -1, -1) for pos in self._pos_enc],
+        }
+        _, vision_feats, vision_pos_embeds, feat_sizes = self.model._prepare_backbone_features(backbone_out)
+        return vision_feats, vision_pos_embeds, feat_sizes
+
+    def _mask_prompt(self, mask) -> torch.Tensor:
+        """As `add_new_mask`: bilinear (antialiased) resize to S x S, then >= 0.5."""
+        mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool)[None, None].float().to(self.device)
+        size = self.image_size
+        if mask.shape[-2:] != (size, size):
+            mask = F.interpolate(mask, size=(size, size), mode="bilinear", align_corners=False,
+                                 antialias=True)
+            mask = (mask >= 0.5).float()
+        return mask
+
+    def _box_prompt(self, box, frame: Frame) -> dict:
+        """As `add_new_points_or_box`: the box corners as points with labels 2 and 3."""
+        points = torch.tensor(box, dtype=torch.float32).reshape(1, 2, 2)
+        labels = torch.tensor([[2, 3]], dtype=torch.int32)
+        points = points / torch.tensor([frame.width, frame.height]) * self.image_size
+        return concat_points(None, points.to(self.device), labels.to(self.device))
+
+    def _fill_holes(self, low_res_masks: torch.Tensor) -> torch.Tensor:
+        area = getattr(self.model, "fill_hole_area", 0)
+        return fill_holes_in_mask_scores(low_res_masks, area) if area > 0 else low_res_masks
+
+    @torch.inference_mode()
+    def encode_reference(self, frames: list[Frame], masks=None, boxes=None) -> Reference:
+        """Build the reference memory: frame i gets masks[i] (bool HxW at the image's size) or
+        boxes[i] (x1, y1, x2, y2 in pixels). With a mask the memory is made from the mask itself
+        (sam2's `_use_mask_as_output`); with a box, from the decoder's prediction."""
+        if (masks is None) == (boxes is None):
+            raise ValueError("give exactly one of masks or boxes")
+        prompts = masks if masks is not None else boxes
+        if len(prompts) != len(frames) or not frames:
+            raise ValueError("one prompt per reference frame, at least one frame")
+        model, n = self.model, len(frames)
+        cond_outputs = {}
+        for idx, (frame, prompt) in enumerate(zip(frames, prompts)):
+            vision_feats, vision_pos_embeds, feat_sizes = self._features([frame])
+            with self._autocast():
+                out = model.track_step(
+                    frame_idx=idx, is_init_cond_frame=True, current_vision_feats=vision_feats,
+                    current_vision_pos_embeds=vision_pos_embeds, feat_sizes=feat_sizes,
+                    point_inputs=None if masks is not None else self._box_prompt(prompt, frame),
+                    mask_inputs=self._mask_prompt(prompt) if masks is not None else None,
+                    output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+                    num_frames=n, run_mem_encoder=False)
+                pred_masks = self._fill_holes(out["pred_masks"])
+                # the official preflight encodes memory from the stored low-res mask, upsampled
+                high_res = F.interpolate(pred_masks, size=(self.image_size, self.image_size),
+                                         mode="bilinear", align_corners=False)
+                maskmem_features, maskmem_pos_enc = model._encode_new_memory(
+                    current_vision_feats=vision_feats, feat_sizes=feat_sizes,
+                    pred_masks_high_res=high_res, object_score_logits=out["object_score_logits"],
+                    is_mask_from_pts=True)
+            cond_outputs[idx] = {
+                # stored in bf16 by the official predictor; the rounding is part of its output
+                "maskmem_features": maskmem_features.to(torch.bfloat16),
+                "maskmem_pos_enc": maskmem_pos_enc,
+                "pred_masks": pred_masks,
+                "obj_ptr": out["obj_ptr"],
+                "object_score_logits": out["object_score_logits"],
+            }
+        return Reference(cond_outputs)
+
+    @torch.inference_mode()
+    def score_targets(self, reference: Reference, frames: list[Frame]) -> TargetScores:
+        """Track the reference object into each target frame (a batch) and score it."""
+        batch = len(frames)
+        vision_feats, vision_pos_embeds, feat_sizes = self._features(frames)
+        cond_outputs = {t: _expand_output(out, batch) for t, out in reference.cond_outputs.items()}
+        with self._autocast():
+            _, sam_outputs, _, _ = self.model._track_step(
+                frame_idx=reference.num_frames, is_init_cond_frame=False,
+                current_vision_feats=vision_feats, current_vision_pos_embeds=vision_pos_embeds,
+                feat_sizes=feat_sizes, point_inputs=None, mask_inputs=None,
+                output_dict={"cond_frame_outputs": cond_outputs, "non_cond_frame_outputs": {}},
+                num_frames=reference.num_frames + 1, track_in_reverse=False,
+                prev_sam_mask_logits=None)
+        _, _, ious, low_res_masks, _, _, object_score_logits = sam_outputs
+        low_res_masks = self._fill_holes(low_res_masks.float())
+        mask_logits = [
+            F.interpolate(low_res_masks[b:b + 1], size=(f.height, f.width), mode="bilinear",
+                          align_corners=False)[0, 0].cpu()
+            for b, f in enumerate(frames)
+        ]
+        ious = ious.float().cpu()
+        return TargetScores(mask_logits=mask_logits, ious=ious, iou=ious.max(dim=1).values,
+                            object_score_logit=object_score_logits.float()[:, 0].cpu())
+
+
+def _expand_output(out: dict, batch: int) -> dict:
+    """A reference frame's memory, viewed as `batch` copies (no copy is made)."""
+    return {
+        "maskmem_features": out["maskmem_features"].expand(batch, -1, -1, -1),
+        "maskmem_pos_enc": [pos.expand(batch, -1, -1, -1) for pos in out["maskmem_pos_enc"]],
+        "obj_ptr": out["obj_ptr"].expand(batch, -1),
+    }
