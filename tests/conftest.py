@@ -68,3 +68,16 @@ def run_script(script: str, *args, cwd=None):
     """Run a top-level script as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory):
+    """A local folder holding a tiny random DINOv2 (transformers format)."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, image_size=56, patch_size=14)
+    folder = tmp_path_factory.mktemp("tiny_dinov2")
+    Dinov2Model(config).save_pretrained(folder)
+    return folder

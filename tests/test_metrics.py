@@ -50,3 +50,35 @@ def test_aggregations():
     counts = {"a": (1, 2), "b": (3, 4)}
     assert perseg_miou(counts) == pytest.approx((0.5 + 0.75) / 2)  # mean of per-object ratios
     assert global_iou(counts) == pytest.approx(4 / 6)  # one global ratio
+
+
+def test_average_precision_equals_scikit_learn_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    from utils.metrics import average_precision
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        positives = rng.random(30) < 0.3
+        positives[rng.integers(30)] = True
+        scores = rng.integers(0, 6, 30).astype(np.float32)  # many ties
+        assert average_precision(scores, positives) == pytest.approx(
+            average_precision_score(positives, scores), abs=1e-12)
+    assert average_precision(np.array([0.9, 0.1]), np.array([False, False])) == 0.0
+
+
+def test_retrieval_metrics_by_hand():
+    from utils.metrics import retrieval_metrics
+    scores = np.array([[0.9, 0.8, 0.7, 0.1], [0.2, 0.3, 0.9, 0.8]])
+    positives = np.array([[False, True, False, True], [True, False, False, False]])
+    metrics = retrieval_metrics(scores, positives, ks=(1, 2, 4))
+    # query 0: hits at ranks 2 and 4 -> (1/2 + 2/4) / 2; query 1: hit at rank 4 -> 1/4
+    assert metrics["map"] == pytest.approx(100 * ((0.5 + 0.5) / 2 + 0.25) / 2)
+    assert metrics["recall@1"] == 0.0 and metrics["recall@2"] == 50.0 and metrics["recall@4"] == 100.0
+
+
+def test_masks_pack_roundtrip():
+    from utils.io import pack_masks, unpack_masks
+    rng = np.random.default_rng(1)
+    masks = [rng.random((5, 7)) < 0.5, rng.random((3, 3)) < 0.5, np.ones((1, 9), bool)]
+    back = unpack_masks(pack_masks(masks))
+    assert all(np.array_equal(a, b) for a, b in zip(masks, back))

@@ -48,3 +48,35 @@ def perseg_miou(per_object: dict[str, tuple[int, int]]) -> float:
 def global_iou(per_object: dict[str, tuple[int, int]]) -> float:
     """PerMIS (PDM protocol): one global sum of intersections over sum of unions, all targets."""
     return ratio(sum(i for i, _ in per_object.values()), sum(u for _, u in per_object.values()))
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """AP of one query over the whole gallery, as scikit-learn's `average_precision_score`:
+    sum over score thresholds of (recall_k - recall_{k-1}) x precision_k, where tied scores
+    form one threshold (no interpolation). 0 when the query has no positive."""
+    positives = np.asarray(positives, bool)
+    if not positives.any():
+        return 0.0
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    sorted_scores, hits = np.asarray(scores)[order], positives[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
+    true_pos = np.cumsum(hits)[last_of_tie]
+    precision = true_pos / (last_of_tie + 1)
+    recall = true_pos / positives.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def ranking(scores: np.ndarray) -> np.ndarray:
+    """Gallery indices by decreasing score per query row; ties broken by the lower index."""
+    return np.argsort(-scores, axis=1, kind="stable")
+
+
+def retrieval_metrics(scores: np.ndarray, positives: np.ndarray, ks=(1, 5, 10, 50)) -> dict:
+    """PerMIR metrics in percent, for a queries x gallery score matrix and a boolean matrix of
+    positives: `map` (mean over queries of `average_precision` over the whole gallery) and
+    `recall@k` (the share of queries with a positive among their first k results)."""
+    metrics = {"map": 100 * float(np.mean([average_precision(s, p) for s, p in zip(scores, positives)]))}
+    ranked_positives = np.take_along_axis(positives, ranking(scores), axis=1)
+    for k in ks:
+        metrics[f"recall@{k}"] = 100 * float(np.mean(ranked_positives[:, :k].any(axis=1)))
+    return metrics

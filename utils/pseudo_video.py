@@ -61,7 +61,7 @@ class Reference:
 @dataclass
 class TargetScores:
     """What SAM2 predicts on a batch of targets (B targets, M candidate masks)."""
-    mask_logits: list[torch.Tensor]  # per target, [H, W] float32 on CPU, at the image's own size
+    mask_logits: list[torch.Tensor] | None  # per target, [H, W] float32 on CPU, at its own size
     ious: torch.Tensor  # [B, M] predicted IoU of each candidate mask
     iou: torch.Tensor  # [B] predicted IoU of the chosen mask (sam2 keeps the best one)
     object_score_logit: torch.Tensor  # [B] < 0 means "object absent" (sam2 then blanks the mask)
@@ -200,8 +200,10 @@ class PseudoVideo:
         return Reference(cond_outputs)
 
     @torch.inference_mode()
-    def score_targets(self, reference: Reference, frames: list[Frame]) -> TargetScores:
-        """Track the reference object into each target frame (a batch) and score it."""
+    def score_targets(self, reference: Reference, frames: list[Frame],
+                      with_masks: bool = True) -> TargetScores:
+        """Track the reference object into each target frame (a batch) and score it. Without
+        masks (retrieval), the upsampling of the masks to the images' sizes is skipped."""
         batch = len(frames)
         vision_feats, vision_pos_embeds, feat_sizes = self._features(frames)
         cond_outputs = {t: _expand_output(out, batch) for t, out in reference.cond_outputs.items()}
@@ -214,12 +216,14 @@ class PseudoVideo:
                 num_frames=reference.num_frames + 1, track_in_reverse=False,
                 prev_sam_mask_logits=None)
         _, _, ious, low_res_masks, _, _, object_score_logits = sam_outputs
-        low_res_masks = self._fill_holes(low_res_masks.float())
-        mask_logits = [
-            F.interpolate(low_res_masks[b:b + 1], size=(f.height, f.width), mode="bilinear",
-                          align_corners=False)[0, 0].cpu()
-            for b, f in enumerate(frames)
-        ]
+        mask_logits = None
+        if with_masks:
+            low_res_masks = self._fill_holes(low_res_masks.float())
+            mask_logits = [
+                F.interpolate(low_res_masks[b:b + 1], size=(f.height, f.width), mode="bilinear",
+                              align_corners=False)[0, 0].cpu()
+                for b, f in enumerate(frames)
+            ]
         ious = ious.float().cpu()
         return TargetScores(mask_logits=mask_logits, ious=ious, iou=ious.max(dim=1).values,
                             object_score_logit=object_score_logits.float()[:, 0].cpu())

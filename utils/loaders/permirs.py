@@ -85,3 +85,37 @@ def permis_episodes(videos: list[Video], shots: int = 1) -> tuple[list[Episode],
         target = Sample(video.frames[shots], video.masks[shots])
         episodes.append(Episode(video.video_id, references, [target]))
     return episodes, skipped
+
+
+@dataclass
+class RetrievalSplit:
+    """PerMIR: one query per video (its frame with the largest mask, the mask as the prompt) and
+    a gallery of every other frame of every video; the label of an image is its video id."""
+    query_paths: list[Path]
+    query_masks: list[np.ndarray]
+    query_labels: list[str]
+    gallery_paths: list[Path]
+    gallery_labels: list[str]
+
+
+def permir_split(videos: list[Video]) -> tuple[RetrievalSplit, int]:
+    """The PerMIR split; a video with any mask under 0.5% of its image is dropped. Returns the
+    split and the number of dropped videos."""
+    split = RetrievalSplit([], [], [], [], [])
+    dropped = 0
+    for video in videos:
+        if any(is_too_small(mask) for mask in video.masks):
+            dropped += 1
+            continue
+        query = int(np.argmax([mask.sum() for mask in video.masks]))  # ties: the earliest frame
+        split.query_paths.append(video.frames[query])
+        split.query_masks.append(video.masks[query])
+        split.query_labels.append(video.video_id)
+        for f, frame in enumerate(video.frames):
+            if f != query:
+                split.gallery_paths.append(frame)
+                split.gallery_labels.append(video.video_id)
+    if not split.query_paths:
+        raise UserError("every video was dropped (masks under 0.5% of the image)",
+                        str(videos[0].frames[0].parent.parent), "check the PerMIRS masks files")
+    return split, dropped
