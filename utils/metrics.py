@@ -80,3 +80,26 @@ def retrieval_metrics(scores: np.ndarray, positives: np.ndarray, ks=(1, 5, 10, 5
     for k in ks:
         metrics[f"recall@{k}"] = 100 * float(np.mean(ranked_positives[:, :k].any(axis=1)))
     return metrics
+
+
+def ilias_average_precision(ranked_hits: np.ndarray, num_positives: int, k: int = 1000) -> float:
+    """ILIAS AP@k of one query: its ranked list is cut at k; AP = (sum over the hits in the top k
+    of the precision at that hit) / min(k, number of positives). `ranked_hits`: bool per rank."""
+    hits = np.asarray(ranked_hits[:k], bool)
+    if num_positives == 0:
+        return 0.0
+    ranks = np.flatnonzero(hits) + 1
+    precisions = np.arange(1, len(ranks) + 1) / ranks
+    return float(precisions.sum() / min(k, num_positives))
+
+
+def ilias_metrics(ranked_hits: np.ndarray, num_positives: np.ndarray, k: int = 1000,
+                  recall_ks=(1, 5, 10, 100), suffix: str = "1k") -> dict:
+    """ILIAS metrics in percent for queries x ranks hits: `map@<suffix>` (mean of
+    `ilias_average_precision` at k, x 100) and `recall@r` (share of queries with a positive
+    among their first r results)."""
+    aps = [ilias_average_precision(h, n, k) for h, n in zip(ranked_hits, num_positives)]
+    metrics = {f"map@{suffix}": 100 * float(np.mean(aps))}
+    for r in recall_ks:
+        metrics[f"recall@{r}"] = 100 * float(np.mean(ranked_hits[:, :r].any(axis=1)))
+    return metrics

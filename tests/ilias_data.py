@@ -1,0 +1,72 @@
+"""Small ILIAS-format data: webdataset tar shards (jpg, bbox.json, keys <object>/query/Q000_00)
+and the official ilias_core/<object>/{query,pos}/ folders with _bbox.txt files."""
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from utils.synthetic import render_object, render_scene
+
+SIZE = (60, 80)
+
+
+def _jpeg(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _box(mask) -> list[int]:
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+
+
+def write_tar(path: Path, samples: list[tuple[str, bytes, list | None]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for key, jpeg, boxes in samples:
+            members = [(f"{key}.jpg", jpeg)]
+            if boxes is not None:
+                members.append((f"{key}.bbox.json", json.dumps(boxes).encode()))
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def make_ilias(root, num_objects=4, positives=3, distractor_shards=(5, 4), seed=0) -> dict:
+    """Write queries, db and distractor tar shards and the same queries/db as ilias_core/.
+    The last distractor repeats the bytes of the first db image, so their features tie.
+    Returns the shard names and the samples (key -> (jpeg bytes, boxes))."""
+    root, rng = Path(root), np.random.default_rng(seed)
+    queries, db = [], []
+    for k in range(num_objects):
+        name, obj = f"object_{k:03d}", render_object(seed * 100 + k)
+        for j in range(1 + k % 2):  # 1 or 2 queries per object
+            image, mask = render_scene(rng, obj, *SIZE, scale=0.6)
+            queries.append((f"{name}/query/Q{k:03d}_{j:02d}", _jpeg(image), [_box(mask)]))
+        for j in range(positives):
+            image, mask = render_scene(rng, obj, *SIZE, scale=float(rng.uniform(0.3, 0.6)))
+            db.append((f"{name}/pos/P{k:03d}_{j:02d}", _jpeg(image), [_box(mask)]))
+    write_tar(root / "queries-000000.tar", queries)
+    write_tar(root / "db-000000.tar", db)
+    distractor_names, distractors = [], {}
+    other = render_object(seed * 100 + 99)
+    for s, count in enumerate(distractor_shards):
+        samples = [(f"{s:06d}/{i:06d}", _jpeg(render_scene(rng, other, *SIZE, scale=0.4)[0]), None)
+                   for i in range(count)]
+        if s == len(distractor_shards) - 1:
+            samples[-1] = (samples[-1][0], db[0][1], None)
+        distractors.update({key: jpeg for key, jpeg, _ in samples})
+        distractor_names.append(f"distractors-{s:06d}.tar")
+        write_tar(root / distractor_names[-1], samples)
+    for key, jpeg, boxes in queries + db:
+        path = root / "ilias_core" / f"{key}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpeg)
+        path.with_name(f"{path.stem}_bbox.txt").write_text("\n".join(" ".join(map(str, b)) for b in boxes) + "\n")
+    return {"queries": ["queries-000000.tar"], "db": ["db-000000.tar"], "distractors": distractor_names,
+            "samples": {key: (jpeg, boxes) for key, jpeg, boxes in queries + db},
+            "distractor_samples": distractors}

@@ -1,0 +1,233 @@
+"""ILIAS first stage end to end on generated shards with a tiny random DINOv2: features,
+top-K, image and candidate extraction."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import extract_candidates
+import extract_images
+import precompute_features_ilias as features_script
+import topk_candidates_ilias as topk_script
+from conftest import REPO
+from ilias_data import make_ilias, write_tar
+from utils import dinov2
+from utils.errors import UserError
+from utils.loaders.ilias import union_box
+
+
+@pytest.fixture(scope="module")
+def ilias(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ilias")
+    return root, make_ilias(root)
+
+
+def source_args(root, info, **shards):
+    names = {split: shards.get(split, info[split]) for split in ("queries", "db", "distractors")}
+    return ["--source", "local", "--data_path", str(root), "--queries_shards", *names["queries"],
+            "--db_shards", *names["db"], "--distractors_shards", *names["distractors"]]
+
+
+def extract(root, info, tiny_dinov2, output_dir, *extra, **shards):
+    argv = [*source_args(root, info, **shards), "--model", str(tiny_dinov2), "--resolution", "56",
+            "--output_dir", str(output_dir), "--batch_size", "4", "--num_workers", "2", "--device", "cpu",
+            *map(str, extra)]
+    return features_script.main(features_script.get_args_parser().parse_args(argv))
+
+
+def run_topk(features_dir, output_dir, *extra):
+    argv = ["--features_dir", str(features_dir), "--output_dir", str(output_dir), *map(str, extra)]
+    return topk_script.main(topk_script.get_args_parser().parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def features(ilias, tiny_dinov2, tmp_path_factory):
+    root, info = ilias
+    out = tmp_path_factory.mktemp("features")
+    extract(root, info, tiny_dinov2, out)
+    return out
+
+
+def split_arrays(features_dir, split):
+    manifest = json.loads((features_dir / split / "manifest.json").read_text())
+    feats = [np.load(features_dir / split / e["file"])[:e["count"]] for e in manifest["shards"]]
+    keys = [k for e in manifest["shards"]
+            for k in json.loads((features_dir / split / e["file"].replace(".npy", ".json")).read_text())["keys"][:e["count"]]]
+    return np.concatenate(feats), keys, manifest
+
+
+def test_features_are_the_model_outputs(ilias, features, tiny_dinov2):
+    root, info = ilias
+    model = dinov2.load_dinov2(str(tiny_dinov2), "cpu")
+    for split in ("queries", "db"):
+        feats, keys, manifest = split_arrays(features, split)
+        assert manifest["model"] == str(tiny_dinov2) and manifest["resolution"] == 56
+        assert keys == [k for k in info["samples"] if f"/{'query' if split == 'queries' else 'pos'}/" in k]
+        for i in (0, len(keys) - 1):
+            jpeg, boxes = info["samples"][keys[i]]
+            image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+            if split == "queries":  # queries are cropped to their box by default
+                image = image.crop(union_box(boxes))
+            want = dinov2.embed(model, dinov2.preprocess(image, 56)[None])[0].numpy()
+            np.testing.assert_allclose(feats[i], want, atol=1e-5)
+    distractors, _, manifest = split_arrays(features, "distractors")
+    assert manifest["total"] == 9 and [e["count"] for e in manifest["shards"]] == [5, 4]
+    np.testing.assert_allclose(np.linalg.norm(distractors, axis=1), 1, atol=1e-5)
+
+
+def test_ilias_core_folders_give_the_same_features(ilias, features, tiny_dinov2, tmp_path):
+    root, info = ilias
+    extract(root, info, tiny_dinov2, tmp_path, "--split", "queries", queries=["ilias_core"])
+    extract(root, info, tiny_dinov2, tmp_path, "--split", "db", db=["ilias_core"])
+    for split in ("queries", "db"):
+        got, got_keys, _ = split_arrays(tmp_path, split)
+        want, want_keys, _ = split_arrays(features, split)
+        assert got_keys == want_keys
+        np.testing.assert_array_equal(got, want)
+
+
+def brute_force_topk(queries, database, k):
+    scores = queries @ database.T
+    order = np.lexsort((np.broadcast_to(np.arange(len(database)), scores.shape), -scores), axis=1)[:, :k]
+    return order
+
+
+def ilias_map_by_definition(indices, query_keys, db_keys, k=1000):
+    aps = []
+    for row, qkey in zip(indices, query_keys):
+        obj = qkey.split("/")[0]
+        positives = {i for i, key in enumerate(db_keys) if key.split("/")[0] == obj}
+        hits, precision_sum = 0, 0.0
+        for rank, index in enumerate(row[:k], start=1):
+            if index in positives:
+                hits += 1
+                precision_sum += hits / rank
+        aps.append(precision_sum / min(k, len(positives)))
+    return 100 * np.mean(aps)
+
+
+def test_topk_equals_brute_force(features, tmp_path, capsys):
+    metrics = run_topk(features, tmp_path, "--k", 21)
+    printed = capsys.readouterr().out
+    queries, query_keys, _ = split_arrays(features, "queries")
+    db, db_keys, _ = split_arrays(features, "db")
+    distractors, _, _ = split_arrays(features, "distractors")
+    database = np.concatenate([db, distractors])
+    indices = np.load(tmp_path / "topk_indices.npy")
+    assert indices.dtype == np.int64 and indices.shape == (6, 21)
+    # the last distractor repeats db image 0: an exact tie, broken by the lower index
+    assert np.array_equal(database[0], database[-1])
+    np.testing.assert_array_equal(indices, brute_force_topk(queries, database, 21))
+    scores = np.load(tmp_path / "topk_scores.npy")
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ database.T, indices, axis=1), atol=1e-6)
+    want = ilias_map_by_definition(indices, query_keys, db_keys)
+    assert metrics["map@1k"] == pytest.approx(want, abs=1e-9)
+    assert f"{want:.2f}" in printed
+    assert json.loads((tmp_path / "topk_meta.json").read_text())["k"] == 21
+
+
+def test_resume_skips_finished_shards(ilias, features, tiny_dinov2, tmp_path):
+    root, info = ilias
+    out = tmp_path / "resumed"
+    # a run that stopped after the first distractor shard...
+    extract(root, info, tiny_dinov2, out, "--split", "distractors", distractors=info["distractors"][:1])
+    # ...is rerun on all shards; the finished shard is not read again (its tar is now broken)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in os.listdir(root):
+        if name.endswith(".tar"):
+            (broken / name).write_bytes((root / name).read_bytes())
+    (broken / info["distractors"][0]).write_bytes(b"not a tar")
+    extract(broken, info, tiny_dinov2, out, "--split", "distractors")
+    for name in ("distractors-000000.npy", "distractors-000001.npy", "distractors-000000.json",
+                 "distractors-000001.json", "manifest.json"):
+        assert (out / "distractors" / name).read_bytes() == (features / "distractors" / name).read_bytes()
+
+
+def test_max_distractors(ilias, tiny_dinov2, tmp_path):
+    root, info = ilias
+    result = extract(root, info, tiny_dinov2, tmp_path, "--split", "distractors", "--max_distractors", 6)
+    manifest = json.loads((tmp_path / "distractors" / "manifest.json").read_text())
+    assert result["distractors"]["images"] == 6 and [e["count"] for e in manifest["shards"]] == [5, 1]
+
+
+def test_corrupt_image(ilias, tiny_dinov2, tmp_path):
+    root, info = ilias
+    bad = tmp_path / "data"
+    write_tar(bad / "bad-000000.tar", [("000009/000000", b"\xff\xd8 truncated", None),
+                                       ("000009/000001", info["samples"]["object_000/pos/P000_00"][0], None)])
+    with pytest.raises(UserError, match="corrupt image 000009/000000"):
+        extract(bad, {**info, "distractors": ["bad-000000.tar"]}, tiny_dinov2, tmp_path / "a",
+                "--split", "distractors")
+    extract(bad, {**info, "distractors": ["bad-000000.tar"]}, tiny_dinov2, tmp_path / "b",
+            "--split", "distractors", "--skip_corrupt")
+    manifest = json.loads((tmp_path / "b" / "distractors" / "manifest.json").read_text())
+    assert manifest["total"] == 1 and manifest["shards"][0]["corrupt"] == 1
+
+
+def test_bad_inputs(ilias, features, tiny_dinov2, tmp_path):
+    root, info = ilias
+    with pytest.raises(UserError, match="cannot read shard") as missing:
+        extract(root, info, tiny_dinov2, tmp_path / "x", "--split", "db", db=["nope-000000.tar"])
+    assert "nope-000000.tar" in missing.value.where and "--source local" in missing.value.fix
+    with pytest.raises(UserError, match="resolution=56, not 112"):  # features of another setting
+        extract(root, info, tiny_dinov2, features, "--split", "queries", "--resolution", 112)
+    with pytest.raises(UserError, match="--k"):
+        run_topk(features, tmp_path / "t", "--k", 22)
+
+
+def test_images_and_candidates(ilias, features, tmp_path):
+    root, info = ilias
+    run_topk(features, tmp_path, "--k", 21)
+    images = tmp_path / "images"
+    argv = [*source_args(root, info), "--images_dir", str(images)]
+    first = extract_images.main(extract_images.get_args_parser().parse_args(argv))
+    assert first["queries"]["written"] == 6 and first["db"]["written"] == 12
+    again = extract_images.main(extract_images.get_args_parser().parse_args(argv))
+    assert again["db"]["written"] == 0 and again["db"]["already_present"] == 12
+    for key, (jpeg, _) in info["samples"].items():
+        assert (images / f"{key}.jpg").read_bytes() == jpeg
+
+    argv = [*source_args(root, info), "--k", "15", "--topk_dir", str(tmp_path),
+            "--features_dir", str(features), "--images_dir", str(images)]
+    counts = extract_candidates.main(extract_candidates.get_args_parser().parse_args(argv))
+    indices = np.load(tmp_path / "topk_indices.npy")[:, :15]
+    _, distractor_keys, _ = split_arrays(features, "distractors")
+    needed = {distractor_keys[i - 12] for i in np.unique(indices[indices >= 12])}
+    assert counts["needed"] == len(needed) > 0 and counts["found"] == len(needed)
+    for key in needed:
+        assert (images / f"{key}.jpg").read_bytes() == info["distractor_samples"][key]
+    index = json.loads((images / "index.json").read_text())
+    assert needed | set(info["samples"]) == set(index)
+    rerun = extract_candidates.main(extract_candidates.get_args_parser().parse_args(argv))
+    assert rerun["found"] == 0 and rerun["already_present"] == len(needed) and rerun["shards_read"] == 0
+    with pytest.raises(UserError, match="larger than the top-K width"):
+        extract_candidates.main(extract_candidates.get_args_parser().parse_args([*argv, "--k", "22"]))
+    meta = json.loads((tmp_path / "topk_meta.json").read_text())
+    (tmp_path / "topk_meta.json").write_text(json.dumps({**meta, "db": 99}))
+    with pytest.raises(UserError, match="do not match the features"):
+        extract_candidates.main(extract_candidates.get_args_parser().parse_args(argv))
+
+
+def test_torchrun_two_processes_equal_one(ilias, features, tiny_dinov2, tmp_path):
+    root, info = ilias
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", "29517", str(REPO / "precompute_features_ilias.py"),
+               *source_args(root, info), "--model", str(tiny_dinov2), "--resolution", "56",
+               "--output_dir", str(out), "--batch_size", "4", "--num_workers", "1", "--device", "cpu"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    for split in ("queries", "db", "distractors"):
+        manifest = json.loads((features / split / "manifest.json").read_text())
+        assert json.loads((out / split / "manifest.json").read_text()) == manifest
+        for entry in manifest["shards"]:
+            assert (out / split / entry["file"]).read_bytes() == (features / split / entry["file"]).read_bytes()
