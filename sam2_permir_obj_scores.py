@@ -28,7 +28,7 @@ from utils.loaders.permirs import load_permirs_videos, permir_split
 from utils.metrics import ranking, retrieval_metrics
 from utils.pseudo_video import SCORES, PseudoVideo
 from utils.sam2_model import add_sam2_args, build_sam2_model, resolve_device
-from utils.vis import ranking_strip
+from utils.vis import ranking_strip, with_mask_outline
 
 CACHE_FORMAT = "permir_data/1"
 CACHE_KEYS = {"format", "data_path", "dropped_videos", "query_paths", "gallery_paths",
@@ -121,7 +121,7 @@ def visualize(output_dir: Path, data: dict, scores: np.ndarray, positives: np.nd
     masks = unpack_masks(data["query_masks"])
     for q, order in enumerate(ranking(scores)[:count]):
         top = order[:TOP_SHOWN]
-        strip = ranking_strip(open_image(data["query_paths"][q]), masks[q],
+        strip = ranking_strip(with_mask_outline(open_image(data["query_paths"][q]), masks[q]),
                               [open_image(data["gallery_paths"][j]) for j in top], positives[q, top].tolist())
         save_png(output_dir / "vis" / f"query_{q:04d}_{data['query_labels'][q]}.png", strip)
 

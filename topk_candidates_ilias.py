@@ -84,21 +84,12 @@ def main(args) -> dict:
     save_json(output_dir / "topk_meta.json", meta)
 
     db_keys = [key for e in manifests["db"]["shards"] for key in shard_keys(features_dir / "db", e)]
-    metrics = stage1_metrics(query_keys, db_keys, indices)
+    metrics = ilias_metrics([object_id(k) for k in query_keys], [object_id(k) for k in db_keys], indices,
+                            recall_ks=RECALL_KS)
     rows = [["DINOv2 (stage 1)", *metrics.values()]]
     table = format_table(["ILIAS", "mAP@1k", *(f"R@{r}" for r in RECALL_KS)], rows)
     table += f"\n{meta['queries']} queries, {meta['db']} db + {meta['distractors']} distractor images, top-{args.k}"
     return finish(output_dir, metrics, table)
-
-
-def stage1_metrics(query_keys: list[str], db_keys: list[str], indices: np.ndarray) -> dict:
-    """ILIAS metrics of a ranking: a db image is a positive of a query of the same object."""
-    db_objects = np.array([object_id(key) for key in db_keys] + [""])  # "" for every distractor
-    query_objects = np.array([object_id(key) for key in query_keys])
-    ranked_objects = db_objects[np.minimum(indices, len(db_keys))]
-    hits = ranked_objects == query_objects[:, None]
-    num_positives = np.array([np.sum(db_objects == obj) for obj in query_objects])
-    return ilias_metrics(hits, num_positives, k=1000, recall_ks=RECALL_KS)
 
 
 if __name__ == "__main__":

@@ -81,3 +81,23 @@ def tiny_dinov2(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_dinov2")
     Dinov2Model(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def ilias(tmp_path_factory):
+    """(root, info) of generated ILIAS shards and ilias_core folders."""
+    from ilias_data import make_ilias
+
+    root = tmp_path_factory.mktemp("ilias")
+    return root, make_ilias(root)
+
+
+@pytest.fixture(scope="session")
+def features(ilias, tiny_dinov2, tmp_path_factory):
+    """Features of every ILIAS split, extracted with the tiny DINOv2."""
+    from ilias_data import extract
+
+    root, info = ilias
+    out = tmp_path_factory.mktemp("features")
+    extract(root, info, tiny_dinov2, out)
+    return out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+import precompute_features_ilias as features_script
 from utils.synthetic import render_object, render_scene
 
 SIZE = (60, 80)
@@ -70,3 +71,30 @@ def make_ilias(root, num_objects=4, positives=3, distractor_shards=(5, 4), seed=
     return {"queries": ["queries-000000.tar"], "db": ["db-000000.tar"], "distractors": distractor_names,
             "samples": {key: (jpeg, boxes) for key, jpeg, boxes in queries + db},
             "distractor_samples": distractors}
+
+
+def source_args(root, info, **shards):
+    names = {split: shards.get(split, info[split]) for split in ("queries", "db", "distractors")}
+    return ["--source", "local", "--data_path", str(root), "--queries_shards", *names["queries"],
+            "--db_shards", *names["db"], "--distractors_shards", *names["distractors"]]
+
+
+def extract(root, info, tiny_dinov2, output_dir, *extra, **shards):
+    argv = [*source_args(root, info, **shards), "--model", str(tiny_dinov2), "--resolution", "56",
+            "--output_dir", str(output_dir), "--batch_size", "4", "--num_workers", "2", "--device", "cpu",
+            *map(str, extra)]
+    return features_script.main(features_script.get_args_parser().parse_args(argv))
+
+
+def ilias_map_by_definition(indices, query_keys, db_keys, k=1000):
+    aps = []
+    for row, qkey in zip(indices, query_keys):
+        obj = qkey.split("/")[0]
+        positives = {i for i, key in enumerate(db_keys) if key.split("/")[0] == obj}
+        hits, precision_sum = 0, 0.0
+        for rank, index in enumerate(row[:k], start=1):
+            if index in positives:
+                hits += 1
+                precision_sum += hits / rank
+        aps.append(precision_sum / min(k, len(positives)))
+    return 100 * np.mean(aps)

@@ -13,45 +13,17 @@ from PIL import Image
 
 import extract_candidates
 import extract_images
-import precompute_features_ilias as features_script
 import topk_candidates_ilias as topk_script
 from conftest import REPO
-from ilias_data import make_ilias, write_tar
+from ilias_data import extract, ilias_map_by_definition, source_args, write_tar
 from utils import dinov2
 from utils.errors import UserError
 from utils.loaders.ilias import union_box
 
 
-@pytest.fixture(scope="module")
-def ilias(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ilias")
-    return root, make_ilias(root)
-
-
-def source_args(root, info, **shards):
-    names = {split: shards.get(split, info[split]) for split in ("queries", "db", "distractors")}
-    return ["--source", "local", "--data_path", str(root), "--queries_shards", *names["queries"],
-            "--db_shards", *names["db"], "--distractors_shards", *names["distractors"]]
-
-
-def extract(root, info, tiny_dinov2, output_dir, *extra, **shards):
-    argv = [*source_args(root, info, **shards), "--model", str(tiny_dinov2), "--resolution", "56",
-            "--output_dir", str(output_dir), "--batch_size", "4", "--num_workers", "2", "--device", "cpu",
-            *map(str, extra)]
-    return features_script.main(features_script.get_args_parser().parse_args(argv))
-
-
 def run_topk(features_dir, output_dir, *extra):
     argv = ["--features_dir", str(features_dir), "--output_dir", str(output_dir), *map(str, extra)]
     return topk_script.main(topk_script.get_args_parser().parse_args(argv))
-
-
-@pytest.fixture(scope="module")
-def features(ilias, tiny_dinov2, tmp_path_factory):
-    root, info = ilias
-    out = tmp_path_factory.mktemp("features")
-    extract(root, info, tiny_dinov2, out)
-    return out
 
 
 def split_arrays(features_dir, split):
@@ -96,20 +68,6 @@ def brute_force_topk(queries, database, k):
     scores = queries @ database.T
     order = np.lexsort((np.broadcast_to(np.arange(len(database)), scores.shape), -scores), axis=1)[:, :k]
     return order
-
-
-def ilias_map_by_definition(indices, query_keys, db_keys, k=1000):
-    aps = []
-    for row, qkey in zip(indices, query_keys):
-        obj = qkey.split("/")[0]
-        positives = {i for i, key in enumerate(db_keys) if key.split("/")[0] == obj}
-        hits, precision_sum = 0, 0.0
-        for rank, index in enumerate(row[:k], start=1):
-            if index in positives:
-                hits += 1
-                precision_sum += hits / rank
-        aps.append(precision_sum / min(k, len(positives)))
-    return 100 * np.mean(aps)
 
 
 def test_topk_equals_brute_force(features, tmp_path, capsys):
@@ -216,18 +174,23 @@ def test_images_and_candidates(ilias, features, tmp_path):
         extract_candidates.main(extract_candidates.get_args_parser().parse_args(argv))
 
 
-def test_torchrun_two_processes_equal_one(ilias, features, tiny_dinov2, tmp_path):
+def test_torchrun_two_processes_equal_one(ilias, tiny_dinov2, tmp_path):
     root, info = ilias
-    out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29517", str(REPO / "precompute_features_ilias.py"),
-               *source_args(root, info), "--model", str(tiny_dinov2), "--resolution", "56",
-               "--output_dir", str(out), "--batch_size", "4", "--num_workers", "1", "--device", "cpu"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
+    # the same thread count in both runs: float sums in other orders would differ in the last bit
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = [str(REPO / "precompute_features_ilias.py")]
+    runs = {"one": [sys.executable, *script],
+            "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", "29517", *script]}
+    for name, command in runs.items():
+        result = subprocess.run([*command, *source_args(root, info), "--model", str(tiny_dinov2),
+                                 "--resolution", "56", "--output_dir", str(tmp_path / name), "--batch_size", "4",
+                                 "--num_workers", "1", "--device", "cpu"],
+                                cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
     for split in ("queries", "db", "distractors"):
-        manifest = json.loads((features / split / "manifest.json").read_text())
-        assert json.loads((out / split / "manifest.json").read_text()) == manifest
+        manifest = json.loads((tmp_path / "one" / split / "manifest.json").read_text())
+        assert json.loads((tmp_path / "two" / split / "manifest.json").read_text()) == manifest
         for entry in manifest["shards"]:
-            assert (out / split / entry["file"]).read_bytes() == (features / split / entry["file"]).read_bytes()
+            assert (tmp_path / "two" / split / entry["file"]).read_bytes() == \
+                (tmp_path / "one" / split / entry["file"]).read_bytes()

@@ -181,3 +181,19 @@ def test_presence_scores(models, frames_dir):
     torch.testing.assert_close(scores.score("iou_x_object"), scores.iou * object_prob)
     with pytest.raises(ValueError):
         scores.score("area")
+
+
+def test_pairs_with_different_references_equal_one_reference_at_a_time(models, frames_dir):
+    _, ours = models
+    folder, masks = frames_dir
+    engine = PseudoVideo(ours)
+    frames = [engine.prepare(Image.open(folder / f"{i}.jpg"), image_id=str(i)) for i in range(4)]
+    mask_ref = engine.encode_reference(frames[:1], masks=[masks[0]])
+    box_ref = engine.encode_reference(frames[1:2], boxes=[BOXES[0]])
+    pairs = engine.score_pairs([mask_ref, box_ref, mask_ref], [frames[2], frames[2], frames[3]])
+    for b, (reference, frame) in enumerate([(mask_ref, frames[2]), (box_ref, frames[2]), (mask_ref, frames[3])]):
+        alone = engine.score_targets(reference, [frame])
+        torch.testing.assert_close(pairs.mask_logits[b], alone.mask_logits[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(pairs.ious[b], alone.ious[0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(pairs.object_score_logit[b], alone.object_score_logit[0], atol=1e-5, rtol=0)
+    assert engine.encoder_passes == 4

@@ -21,3 +21,12 @@ def barrier() -> None:
 def rank_share(items: list, rank: int, world: int) -> list:
     """This rank's part of a list: every world-th item, starting at its rank."""
     return items[rank::world]
+
+
+def sum_across_ranks(value: int) -> int:
+    if not dist.is_initialized():
+        return value
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())

@@ -93,13 +93,21 @@ def ilias_average_precision(ranked_hits: np.ndarray, num_positives: int, k: int 
     return float(precisions.sum() / min(k, num_positives))
 
 
-def ilias_metrics(ranked_hits: np.ndarray, num_positives: np.ndarray, k: int = 1000,
-                  recall_ks=(1, 5, 10, 100), suffix: str = "1k") -> dict:
-    """ILIAS metrics in percent for queries x ranks hits: `map@<suffix>` (mean of
+def ilias_metrics(query_objects, db_objects, ranking: np.ndarray, map_ks=(1000,),
+                  recall_ks=(1, 5, 10, 100)) -> dict:
+    """ILIAS metrics in percent of a ranking (queries x ranks of global database indices; an
+    index past the db is a distractor, never a positive; a positive is a db image of the
+    query's object): `map@1k` (and `map@<k>` for the other map_ks; mean over queries of
     `ilias_average_precision` at k, x 100) and `recall@r` (share of queries with a positive
     among their first r results)."""
-    aps = [ilias_average_precision(h, n, k) for h, n in zip(ranked_hits, num_positives)]
-    metrics = {f"map@{suffix}": 100 * float(np.mean(aps))}
+    db_objects = np.asarray(list(db_objects) + [None], dtype=object)  # None: every distractor
+    query_objects = np.asarray(query_objects, dtype=object)
+    hits = db_objects[np.minimum(ranking, len(db_objects) - 1)] == query_objects[:, None]
+    num_positives = [int(np.sum(db_objects == obj)) for obj in query_objects]
+    metrics = {}
+    for k in map_ks:
+        aps = [ilias_average_precision(h, n, k) for h, n in zip(hits, num_positives)]
+        metrics["map@1k" if k == 1000 else f"map@{k}"] = 100 * float(np.mean(aps))
     for r in recall_ks:
-        metrics[f"recall@{r}"] = 100 * float(np.mean(ranked_hits[:, :r].any(axis=1)))
+        metrics[f"recall@{r}"] = 100 * float(np.mean(hits[:, :r].any(axis=1)))
     return metrics

@@ -88,6 +88,7 @@ class PseudoVideo:
         self.encoder_passes = 0  # images that went through the image encoder
         self._backbone_cache: dict[str, list[torch.Tensor]] = {}
         self._pos_enc: list[torch.Tensor] | None = None  # the same for every image
+        self._maskmem_pos_enc: list[torch.Tensor] | None = None  # the same for every memory
 
     @property
     def image_size(self) -> int:
@@ -106,6 +107,7 @@ class PseudoVideo:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @torch.no_grad()
     def _features(self, frames: list[Frame]):
         """Backbone features of a batch, encoding only the images not seen before."""
         to_encode = {}  # image id (or position, for frames without id) -> frame
@@ -159,7 +161,7 @@ class PseudoVideo:
         area = getattr(self.model, "fill_hole_area", 0)
         return fill_holes_in_mask_scores(low_res_masks, area) if area > 0 else low_res_masks
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_reference(self, frames: list[Frame], masks=None, boxes=None) -> Reference:
         """Build the reference memory: frame i gets masks[i] (bool HxW at the image's size) or
         boxes[i] (x1, y1, x2, y2 in pixels). With a mask the memory is made from the mask itself
@@ -189,50 +191,69 @@ class PseudoVideo:
                     current_vision_feats=vision_feats, feat_sizes=feat_sizes,
                     pred_masks_high_res=high_res, object_score_logits=out["object_score_logits"],
                     is_mask_from_pts=True)
+            if self._maskmem_pos_enc is None:  # one copy for all references, as sam2 keeps it
+                self._maskmem_pos_enc = maskmem_pos_enc
             cond_outputs[idx] = {
                 # stored in bf16 by the official predictor; the rounding is part of its output
                 "maskmem_features": maskmem_features.to(torch.bfloat16),
-                "maskmem_pos_enc": maskmem_pos_enc,
+                "maskmem_pos_enc": self._maskmem_pos_enc,
                 "pred_masks": pred_masks,
                 "obj_ptr": out["obj_ptr"],
                 "object_score_logits": out["object_score_logits"],
             }
         return Reference(cond_outputs)
 
-    @torch.inference_mode()
     def score_targets(self, reference: Reference, frames: list[Frame],
                       with_masks: bool = True) -> TargetScores:
         """Track the reference object into each target frame (a batch) and score it. Without
         masks (retrieval), the upsampling of the masks to the images' sizes is skipped."""
-        batch = len(frames)
-        vision_feats, vision_pos_embeds, feat_sizes = self._features(frames)
-        cond_outputs = {t: _expand_output(out, batch) for t, out in reference.cond_outputs.items()}
-        with self._autocast():
-            _, sam_outputs, _, _ = self.model._track_step(
-                frame_idx=reference.num_frames, is_init_cond_frame=False,
-                current_vision_feats=vision_feats, current_vision_pos_embeds=vision_pos_embeds,
-                feat_sizes=feat_sizes, point_inputs=None, mask_inputs=None,
-                output_dict={"cond_frame_outputs": cond_outputs, "non_cond_frame_outputs": {}},
-                num_frames=reference.num_frames + 1, track_in_reverse=False,
-                prev_sam_mask_logits=None)
+        return self.score_pairs([reference] * len(frames), frames, with_masks)
+
+    def score_pairs(self, references: list[Reference], frames: list[Frame], with_masks: bool = True,
+                    grad: bool = False) -> TargetScores:
+        """Score a batch of pseudo-videos [references[b], frames[b]] (references with the same
+        number of frames). With grad, autograd records the SAM2 heads, so that a trainable score
+        head learns; everything before them runs without gradients (frozen weights)."""
+        with torch.enable_grad() if grad else torch.no_grad():
+            vision_feats, vision_pos_embeds, feat_sizes = self._features(frames)
+            num_frames = references[0].num_frames
+            cond_outputs = _batched_memory(references)
+            with self._autocast():
+                _, sam_outputs, _, _ = self.model._track_step(
+                    frame_idx=num_frames, is_init_cond_frame=False,
+                    current_vision_feats=vision_feats, current_vision_pos_embeds=vision_pos_embeds,
+                    feat_sizes=feat_sizes, point_inputs=None, mask_inputs=None,
+                    output_dict={"cond_frame_outputs": cond_outputs, "non_cond_frame_outputs": {}},
+                    num_frames=num_frames + 1, track_in_reverse=False, prev_sam_mask_logits=None)
         _, _, ious, low_res_masks, _, _, object_score_logits = sam_outputs
         mask_logits = None
         if with_masks:
-            low_res_masks = self._fill_holes(low_res_masks.float())
-            mask_logits = [
-                F.interpolate(low_res_masks[b:b + 1], size=(f.height, f.width), mode="bilinear",
-                              align_corners=False)[0, 0].cpu()
-                for b, f in enumerate(frames)
-            ]
-        ious = ious.float().cpu()
+            with torch.no_grad():
+                low_res_masks = self._fill_holes(low_res_masks.float())
+                mask_logits = [
+                    F.interpolate(low_res_masks[b:b + 1], size=(f.height, f.width), mode="bilinear",
+                                  align_corners=False)[0, 0].cpu()
+                    for b, f in enumerate(frames)
+                ]
+        ious = ious.float() if grad else ious.float().cpu()
+        object_score_logit = object_score_logits.float()[:, 0]
         return TargetScores(mask_logits=mask_logits, ious=ious, iou=ious.max(dim=1).values,
-                            object_score_logit=object_score_logits.float()[:, 0].cpu())
+                            object_score_logit=object_score_logit if grad else object_score_logit.cpu())
 
 
-def _expand_output(out: dict, batch: int) -> dict:
-    """A reference frame's memory, viewed as `batch` copies (no copy is made)."""
-    return {
-        "maskmem_features": out["maskmem_features"].expand(batch, -1, -1, -1),
-        "maskmem_pos_enc": [pos.expand(batch, -1, -1, -1) for pos in out["maskmem_pos_enc"]],
-        "obj_ptr": out["obj_ptr"].expand(batch, -1),
-    }
+def _batched_memory(references: list[Reference]) -> dict:
+    """The conditioning outputs of a batch of references: views of one reference repeated, or
+    the references' memories stacked along the batch."""
+    if len({r.num_frames for r in references}) != 1:
+        raise ValueError("references of one batch need the same number of frames")
+    batch = len(references)
+    if all(r is references[0] for r in references):
+        return {t: {"maskmem_features": out["maskmem_features"].expand(batch, -1, -1, -1),
+                    "maskmem_pos_enc": [p.expand(batch, -1, -1, -1) for p in out["maskmem_pos_enc"]],
+                    "obj_ptr": out["obj_ptr"].expand(batch, -1)}
+                for t, out in references[0].cond_outputs.items()}
+    return {t: {"maskmem_features": torch.cat([r.cond_outputs[t]["maskmem_features"] for r in references]),
+                "maskmem_pos_enc": [p.expand(batch, -1, -1, -1)
+                                    for p in references[0].cond_outputs[t]["maskmem_pos_enc"]],
+                "obj_ptr": torch.cat([r.cond_outputs[t]["obj_ptr"] for r in references])}
+            for t in references[0].cond_outputs}

@@ -6,6 +6,7 @@ video predictor uses (binarised prompt masks in memory, hole filling, dynamic mu
 `utils.pseudo_video` drives it; nothing here changes the model.
 """
 import argparse
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -137,3 +138,43 @@ def load_sam2_state_dict(checkpoint: str) -> dict:
                         f"--sam2_checkpoint {checkpoint}", "use a file from download_ckpts.sh")
     return ckpt["model"]
 
+
+
+# the SAM2 modules that produce each score; `train_revisitop.py` trains only these
+SCORE_HEADS = {
+    "iou": ("sam_mask_decoder.iou_prediction_head.",),
+    "object": ("sam_mask_decoder.pred_obj_score_head.",),
+    "iou_x_object": ("sam_mask_decoder.iou_prediction_head.", "sam_mask_decoder.pred_obj_score_head."),
+}
+
+
+def architecture_signature(model: SAM2Base) -> str:
+    """A fingerprint of the parameter names and shapes: equal for two models of the same size."""
+    shapes = ";".join(f"{name}:{tuple(p.shape)}" for name, p in model.state_dict().items())
+    return hashlib.sha1(shapes.encode()).hexdigest()[:16]
+
+
+def head_tensors(model: SAM2Base, score: str) -> dict[str, torch.Tensor]:
+    """The parameters of the head that produces `score`, by state-dict name."""
+    return {name: p for name, p in model.named_parameters() if name.startswith(SCORE_HEADS[score])}
+
+
+def load_head(model: SAM2Base, checkpoint: str) -> dict:
+    """Load a score head saved by train_revisitop.py into the model; returns its record."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError("head checkpoint not found", f"--head_checkpoint {checkpoint}",
+                        "train one with train_revisitop.py (it writes head_best.pt)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as err:
+        raise UserError("not a readable head checkpoint", f"--head_checkpoint {checkpoint}",
+                        f"use a file written by train_revisitop.py ({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("head"), dict) or "architecture" not in saved:
+        raise UserError("not a head checkpoint of train_revisitop.py", f"--head_checkpoint {checkpoint}",
+                        "use head_best.pt or head_epoch<N>.pt from train_revisitop.py")
+    if saved["architecture"] != architecture_signature(model):
+        raise UserError(f"head checkpoint is for another SAM2 size (trained with {saved.get('sam2_cfg')})",
+                        f"--head_checkpoint {checkpoint}", "pass the --sam2_cfg it was trained with")
+    model.load_state_dict(saved["head"], strict=False)
+    return {k: v for k, v in saved.items() if k != "head"}

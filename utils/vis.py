@@ -1,10 +1,11 @@
 """Pictures for a person to look at: mask overlays (PNG)."""
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 PRED_COLOR = np.array([255, 40, 40], np.float32)
 GT_COLOR = np.array([40, 255, 40], np.uint8)
+QUERY_COLOR = (255, 220, 0)
 
 
 def outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
@@ -36,16 +37,37 @@ def framed_thumbnail(image: Image.Image, size: int, color=None, border: int = 5)
     return tile
 
 
-def ranking_strip(query: Image.Image, query_mask: np.ndarray, results: list[Image.Image],
-                  is_positive: list[bool], size: int = 160) -> Image.Image:
-    """One row: the query with its mask outlined, then its ranked results, positives framed
-    green and negatives red."""
-    pixels = np.asarray(query.convert("RGB")).copy()
-    pixels[outline(query_mask, max(2, min(query_mask.shape) // 100))] = (255, 220, 0)
-    tiles = [framed_thumbnail(Image.fromarray(pixels), size)]
+def with_mask_outline(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    pixels = np.asarray(image.convert("RGB")).copy()
+    pixels[outline(mask, max(2, min(mask.shape) // 100))] = QUERY_COLOR
+    return Image.fromarray(pixels)
+
+
+def with_box(image: Image.Image, box) -> Image.Image:
+    """The image with an (x1, y1, x2, y2) box drawn."""
+    annotated = image.convert("RGB")
+    ImageDraw.Draw(annotated).rectangle(list(box), outline=QUERY_COLOR, width=max(2, min(image.size) // 100))
+    return annotated
+
+
+def ranking_strip(query: Image.Image, results: list[Image.Image], is_positive: list[bool],
+                  size: int = 160) -> Image.Image:
+    """One row: the (annotated) query, then its ranked results, positives framed green and
+    negatives red."""
+    tiles = [framed_thumbnail(query, size)]
     tiles += [framed_thumbnail(image, size, (40, 200, 40) if positive else (220, 40, 40))
               for image, positive in zip(results, is_positive)]
     strip = Image.new("RGB", (size * len(tiles) + 10, size), (255, 255, 255))
     for i, tile in enumerate(tiles):
         strip.paste(tile, (i * size + (10 if i else 0), 0))
     return strip
+
+
+def stack_rows(rows: list[Image.Image], gap: int = 8) -> Image.Image:
+    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows) + gap * (len(rows) - 1)),
+                      (255, 255, 255))
+    top = 0
+    for row in rows:
+        sheet.paste(row, (0, top))
+        top += row.height + gap
+    return sheet

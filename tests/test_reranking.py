@@ -1,0 +1,140 @@
+"""sam2_reranking.py end to end on generated ILIAS data: tiny random DINOv2 first stage, shrunk
+random SAM2 second stage."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import extract_candidates
+import extract_images
+import sam2_reranking
+import topk_candidates_ilias
+from conftest import REPO
+from ilias_data import ilias_map_by_definition, source_args
+from utils.errors import UserError
+from utils.sam2_model import architecture_signature, build_sam2_model, head_tensors
+
+K_WIDTH, K = 21, 5
+
+
+@pytest.fixture(scope="module")
+def stage1(ilias, features, tmp_path_factory):
+    """Top-21 lists and the images re-ranking reads (queries, db, needed distractors)."""
+    root, info = ilias
+    out = tmp_path_factory.mktemp("stage1")
+    topk_candidates_ilias.main(topk_candidates_ilias.get_args_parser().parse_args(
+        ["--features_dir", str(features), "--output_dir", str(out), "--k", str(K_WIDTH)]))
+    images = out / "images"
+    extract_images.main(extract_images.get_args_parser().parse_args([*source_args(root, info), "--images_dir", str(images)]))
+    extract_candidates.main(extract_candidates.get_args_parser().parse_args(
+        [*source_args(root, info), "--k", str(K), "--topk_dir", str(out), "--features_dir", str(features),
+         "--images_dir", str(images)]))
+    return out
+
+
+def rerank_args(tiny_sam2, features, stage1, output_dir, *extra):
+    cfg, ckpt = tiny_sam2
+    return ["--topk_dir", str(stage1), "--features_dir", str(features), "--images_dir", str(stage1 / "images"),
+            "--output_dir", str(output_dir), "--sam2_cfg", str(cfg), "--sam2_checkpoint", str(ckpt),
+            "--device", "cpu", "--k", str(K), "--batch_size", "3", "--chunk_size", "4", *map(str, extra)]
+
+
+def rerank(*args):
+    return sam2_reranking.main(sam2_reranking.get_args_parser().parse_args(rerank_args(*args)))
+
+
+def keys_of(features, split):
+    manifest = json.loads((features / split / "manifest.json").read_text())
+    return [k for e in manifest["shards"]
+            for k in json.loads((features / split / e["file"].replace(".npy", ".json")).read_text())["keys"][:e["count"]]]
+
+
+@pytest.fixture(scope="module")
+def reranked(tiny_sam2, features, stage1, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rerank")
+    metrics = rerank(tiny_sam2, features, stage1, out, "--visualize", 2)
+    return out, metrics
+
+
+def test_end_to_end(reranked, features, stage1):
+    out, metrics = reranked
+    first = np.load(stage1 / "topk_indices.npy")
+    final = np.load(out / "reranked_indices.npy")
+    scores = np.load(out / "reranked_scores.npy")
+    assert final.dtype == np.int64 and final.shape == first.shape == (6, K_WIDTH)
+    assert scores.dtype == np.float32 and scores.shape == (6, K)
+    np.testing.assert_array_equal(final[:, K:], first[:, K:])  # ranks k+1.. are the first stage's
+    for row_final, row_first in zip(final[:, :K], first[:, :K]):
+        assert sorted(row_final) == sorted(row_first)
+    assert np.all(np.diff(scores, axis=1) <= 0) and len(np.unique(scores)) > 1
+    query_keys, db_keys = keys_of(features, "queries"), keys_of(features, "db")
+    assert metrics["reranked"]["map@1k"] == pytest.approx(ilias_map_by_definition(final, query_keys, db_keys), abs=1e-9)
+    assert metrics["first_stage"]["map@1k"] == pytest.approx(ilias_map_by_definition(first, query_keys, db_keys), abs=1e-9)
+    assert metrics["reranked"]["map@100"] == pytest.approx(ilias_map_by_definition(final, query_keys, db_keys, k=100))
+    # every distinct image through the image encoder once: queries + distinct candidates
+    assert metrics["encoder_passes"] == metrics["distinct_images"] == 6 + len(np.unique(first[:, :K]))
+    assert len(list((out / "vis").glob("query_*.png"))) == 2
+
+
+def test_resume_from_saved_parts(reranked, tiny_sam2, features, stage1, tmp_path):
+    out, metrics = reranked
+    resumed = tmp_path / "resumed"
+    (resumed / "parts").mkdir(parents=True)
+    for part in (out / "parts").iterdir():  # a run killed after its first chunk
+        if part.name in ("settings.json", "chunk_00000.npy"):
+            (resumed / "parts" / part.name).write_bytes(part.read_bytes())
+    again = rerank(tiny_sam2, features, stage1, resumed)
+    for name in ("reranked_indices.npy", "reranked_scores.npy"):
+        assert (resumed / name).read_bytes() == (out / name).read_bytes()
+    assert again["encoder_passes"] < metrics["encoder_passes"]
+    with pytest.raises(UserError, match="other settings"):
+        rerank(tiny_sam2, features, stage1, resumed, "--score", "object")
+
+
+def test_head_checkpoint_changes_scores(reranked, tiny_sam2, features, stage1, tmp_path):
+    cfg, ckpt = tiny_sam2
+    model = build_sam2_model(str(cfg), str(ckpt))
+    torch.manual_seed(1)
+    head = {name: p.detach() + 0.5 * torch.randn_like(p) for name, p in head_tensors(model, "iou").items()}
+    path = tmp_path / "head.pt"
+    torch.save({"head": head, "architecture": architecture_signature(model), "sam2_cfg": str(cfg),
+                "score": "iou"}, path)
+    rerank(tiny_sam2, features, stage1, tmp_path / "out", "--head_checkpoint", path)
+    assert not np.array_equal(np.load(tmp_path / "out" / "reranked_scores.npy"),
+                              np.load(reranked[0] / "reranked_scores.npy"))
+    torch.save({"head": head, "architecture": "0123456789abcdef", "sam2_cfg": "other"}, path)
+    with pytest.raises(UserError, match="another SAM2 size"):
+        rerank(tiny_sam2, features, stage1, tmp_path / "other", "--head_checkpoint", path)
+
+
+def test_box_mask_prompt(reranked, tiny_sam2, features, stage1, tmp_path):
+    rerank(tiny_sam2, features, stage1, tmp_path, "--query_prompt", "box_mask")
+    assert not np.array_equal(np.load(tmp_path / "reranked_scores.npy"), np.load(reranked[0] / "reranked_scores.npy"))
+
+
+def test_bad_inputs(tiny_sam2, features, stage1, tmp_path):
+    with pytest.raises(UserError, match="larger than the top-K width"):
+        rerank(tiny_sam2, features, stage1, tmp_path / "a", "--k", K_WIDTH + 1)
+    # a candidate outside the extracted top-5 is missing: stop, never a silent zero score
+    with pytest.raises(UserError, match="images are missing") as missing:
+        rerank(tiny_sam2, features, stage1, tmp_path / "b", "--k", K_WIDTH)
+    assert "extract_candidates.py" in missing.value.fix
+
+
+def test_torchrun_two_processes_equal_one(tiny_sam2, features, stage1, tmp_path):
+    # the same thread count in both runs: float sums in other orders would differ in the last bit
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = [str(REPO / "sam2_reranking.py")]
+    runs = {"one": [sys.executable, *script],
+            "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", "29527", *script]}
+    for name, command in runs.items():
+        result = subprocess.run([*command, *rerank_args(tiny_sam2, features, stage1, tmp_path / name)],
+                                cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("reranked_indices.npy", "reranked_scores.npy"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
