@@ -82,3 +82,24 @@ def test_masks_pack_roundtrip():
     masks = [rng.random((5, 7)) < 0.5, rng.random((3, 3)) < 0.5, np.ones((1, 9), bool)]
     back = unpack_masks(pack_masks(masks))
     assert all(np.array_equal(a, b) for a, b in zip(masks, back))
+
+
+def test_compute_map_protocols_by_hand():
+    from utils.metrics import compute_map, revisitop_protocol
+    # database 0..5, ranked 3 0 5 1 4 2 for one query; easy {0, 4}, hard {1}, junk {5}
+    ranks = np.array([[3, 0, 5, 1, 4, 2]])
+    easy, hard, junk = [0, 4], [1], [5]
+    # medium: ok {0,1,4}, junk {5} removed -> list 3 0 1 4 2: positives at ranks 1, 2, 3
+    # AP = [(0 + 1/2) + (1/2 + 2/3) + (2/3 + 3/4)] / 2 / 3
+    medium, _ = compute_map(ranks, [revisitop_protocol(easy, hard, junk, "medium")])
+    assert medium == pytest.approx(((0 + 1 / 2) + (1 / 2 + 2 / 3) + (2 / 3 + 3 / 4)) / 2 / 3)
+    # easy: ok {0,4}, junk {5,1} removed -> list 3 0 4 2: positives at ranks 1, 2
+    easy_map, _ = compute_map(ranks, [revisitop_protocol(easy, hard, junk, "easy")])
+    assert easy_map == pytest.approx(((0 + 1 / 2) + (1 / 2 + 2 / 3)) / 2 / 2)
+    # hard: ok {1}, junk {5,0,4} removed -> list 3 1 2: positive at rank 1
+    hard_map, _ = compute_map(ranks, [revisitop_protocol(easy, hard, junk, "hard")])
+    assert hard_map == pytest.approx((0 + 1 / 2) / 2)
+    # a query without positives is skipped, not counted as 0
+    both, aps = compute_map(np.vstack([ranks, ranks]), [revisitop_protocol(easy, hard, junk, "hard"),
+                                                        {"ok": [], "junk": []}])
+    assert both == pytest.approx(hard_map) and np.isnan(aps[1])

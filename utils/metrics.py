@@ -111,3 +111,45 @@ def ilias_metrics(query_objects, db_objects, ranking: np.ndarray, map_ks=(1000,)
     for r in recall_ks:
         metrics[f"recall@{r}"] = 100 * float(np.mean(hits[:, :r].any(axis=1)))
     return metrics
+
+
+def revisitop_average_precision(positive_ranks: np.ndarray, num_positives: int) -> float:
+    """Revisited Oxford/Paris AP (Radenovic et al., CVPR 2018): trapezoidal rule over the
+    precision-recall curve. `positive_ranks`: sorted 0-based ranks of the positives in the ranked
+    list after junk images are removed."""
+    ap = 0.0
+    for j, rank in enumerate(positive_ranks):
+        precision_before = 1.0 if rank == 0 else j / rank
+        precision_at = (j + 1) / (rank + 1)
+        ap += (precision_before + precision_at) / 2 / num_positives
+    return ap
+
+
+def compute_map(ranks: np.ndarray, gnd: list[dict]) -> tuple[float, np.ndarray]:
+    """Revisitop mAP. `ranks`: queries x database, each row the database indices by decreasing
+    score; `gnd[q]`: {"ok": positive indices, "junk": indices to ignore}. Junk images are removed
+    from each ranking before AP; queries without positives are skipped (NaN in the returned APs)
+    and do not count in the mean. Returns (mAP, per-query APs)."""
+    aps = np.full(len(gnd), np.nan)
+    for q, (row, truth) in enumerate(zip(ranks, gnd)):
+        ok, junk = np.asarray(truth["ok"]), np.asarray(truth.get("junk", []))
+        if len(ok) == 0:
+            continue
+        positions = np.flatnonzero(np.isin(row, ok))
+        junk_positions = np.flatnonzero(np.isin(row, junk))
+        positions = positions - np.searchsorted(junk_positions, positions)  # junk before each
+        aps[q] = revisitop_average_precision(positions, len(ok))
+    return float(np.nanmean(aps)) if np.any(~np.isnan(aps)) else 0.0, aps
+
+
+def revisitop_protocol(easy, hard, junk, protocol: str) -> dict:
+    """Positives and junk of a query under the Easy / Medium / Hard protocols: E: ok = easy,
+    junk = junk + hard; M: ok = easy + hard, junk = junk; H: ok = hard, junk = junk + easy."""
+    easy, hard, junk = list(easy), list(hard), list(junk)
+    if protocol == "easy":
+        return {"ok": easy, "junk": junk + hard}
+    if protocol == "medium":
+        return {"ok": easy + hard, "junk": junk}
+    if protocol == "hard":
+        return {"ok": hard, "junk": junk + easy}
+    raise ValueError(f"unknown protocol {protocol!r}")

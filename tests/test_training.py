@@ -1,0 +1,123 @@
+"""train_revisitop.py: sampler, loss, a short run on generated revisitop and UnED data."""
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import train_revisitop
+from train_data import write_revisitop, write_uned
+from utils.errors import UserError
+from utils.loaders.revisitop import load_revisitop
+from utils.loaders.uned import load_uned
+from utils.pseudo_video import PseudoVideo
+from utils.sam2_model import build_sam2_model, load_head
+from utils.training import TripletSampler, lazy_triplet_loss, split_classes
+
+
+@pytest.fixture(scope="module")
+def revisitop_root(tmp_path_factory):
+    return write_revisitop(tmp_path_factory.mktemp("revisitop"), lonely="magdalen")
+
+
+@pytest.fixture(scope="module")
+def uned_root(tmp_path_factory):
+    return write_uned(tmp_path_factory.mktemp("uned"))
+
+
+def train(tiny_sam2, dataset, root, output_dir, *extra):
+    cfg, ckpt = tiny_sam2
+    argv = ["--dataset_file", dataset, "--data_path", str(root), "--sam2_cfg", str(cfg),
+            "--sam2_checkpoint", str(ckpt), "--device", "cpu", "--output_dir", str(output_dir),
+            "--epochs", "2", "--samples_per_epoch", "4", "--batch_size", "2", "--num_negatives", "2",
+            "--val_fraction", "0.4", "--val_anchors", "2", "--val_negatives", "3", "--lr", "1e-2",
+            *map(str, extra)]
+    return train_revisitop.main(train_revisitop.get_args_parser().parse_args(argv))
+
+
+def test_sampler_respects_classes_and_junk(revisitop_root, uned_root):
+    for data in (load_revisitop(revisitop_root, ["roxford5k"]), load_uned(uned_root, ["cars", "food2k"])):
+        sampler = TripletSampler(data, set(data.classes))
+        for anchor, positive, negatives in sampler.sample(np.random.default_rng(0), 300, 4):
+            own = data.classes_of(anchor)
+            assert positive != anchor and not data.same_image(positive, anchor)
+            assert data.classes_of(positive) & own and positive not in data.junk.get(anchor, ())
+            for negative in negatives:
+                assert not data.classes_of(negative) & own and negative not in data.junk.get(anchor, ())
+    revisitop = load_revisitop(revisitop_root, ["roxford5k"])
+    assert TripletSampler(revisitop, set(revisitop.classes)).dropped == 1  # the lonely landmark
+    train_classes, val_classes = split_classes(revisitop, 0.4, seed=0)
+    assert not train_classes & val_classes and train_classes | val_classes == set(revisitop.classes)
+
+
+def test_lazy_triplet_loss_by_hand():
+    positive = torch.tensor([0.9, 0.2])
+    negatives = torch.tensor([[0.1, 0.6], [0.5, 0.1]])
+    # anchor 0: max(0, 0.5 - 0.9 + 0.1), max(0, 0.5 - 0.9 + 0.6) -> max(0, 0.2) = 0.2
+    # anchor 1: max(0, 0.5 - 0.2 + 0.5) = 0.8, max(0, 0.5 - 0.2 + 0.1) = 0.4 -> 0.8
+    assert lazy_triplet_loss(positive, negatives, 0.5).item() == pytest.approx((0.2 + 0.8) / 2)
+
+
+def test_short_run_trains_only_the_head(tiny_sam2, revisitop_root, tmp_path, capsys):
+    cfg, ckpt = tiny_sam2
+    metrics = train(tiny_sam2, "roxford5k", revisitop_root, tmp_path)
+    assert "skipped 1 anchors" in capsys.readouterr().out
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert {"loss", "triplet_accuracy", "map_easy", "map_medium", "map_hard"} <= set(metrics["history"][0])
+    initial = torch.load(ckpt, weights_only=True)["model"]
+    best = torch.load(tmp_path / "head_best.pt", weights_only=True)
+    assert set(best["head"]) == {k for k in initial if k.startswith("sam_mask_decoder.iou_prediction_head.")}
+    assert any(not torch.equal(best["head"][k], initial[k]) for k in best["head"])
+    # everything else is the frozen model: loading the head changes only the head's tensors
+    model = build_sam2_model(str(cfg), str(ckpt))
+    load_head(model, str(tmp_path / "head_epoch2.pt"))
+    for name, tensor in model.state_dict().items():
+        if name not in best["head"]:
+            assert torch.equal(tensor, initial[name]), name
+    # and it changes the scores of the engine
+    fresh = build_sam2_model(str(cfg), str(ckpt))
+    scores = []
+    for m in (fresh, model):
+        engine = PseudoVideo(m)
+        scorer = train_revisitop.PairScorer(engine, load_revisitop(revisitop_root, ["roxford5k"]), "iou")
+        scores.append(scorer([(0, 1), (0, 2)]))
+    assert not torch.equal(scores[0], scores[1])
+
+
+def test_training_is_deterministic_and_resumes(tiny_sam2, revisitop_root, tmp_path):
+    train(tiny_sam2, "roxford5k", revisitop_root, tmp_path / "a")
+    train(tiny_sam2, "roxford5k", revisitop_root, tmp_path / "b")
+    train(tiny_sam2, "roxford5k", revisitop_root, tmp_path / "c", "--epochs", 1)
+    train(tiny_sam2, "roxford5k", revisitop_root, tmp_path / "c", "--resume")
+    heads = [torch.load(tmp_path / run / "head_epoch2.pt", weights_only=True)["head"] for run in "abc"]
+    for name in heads[0]:
+        assert torch.equal(heads[0][name], heads[1][name]) and torch.equal(heads[0][name], heads[2][name])
+    with pytest.raises(UserError, match="another model|head of"):
+        train(tiny_sam2, "roxford5k", revisitop_root, tmp_path / "c", "--resume", "--score", "object")
+
+
+def test_uned_object_head(tiny_sam2, uned_root, tmp_path):
+    metrics = train(tiny_sam2, "uned", uned_root, tmp_path, "--uned_domains", "cars", "food2k", "--score", "object")
+    head = torch.load(tmp_path / "head_best.pt", weights_only=True)
+    assert head["score"] == "object" and all(k.startswith("sam_mask_decoder.pred_obj_score_head.") for k in head["head"])
+    assert "map_all" in metrics["history"][0]
+
+
+def test_bad_inputs(tiny_sam2, revisitop_root, tmp_path):
+    with pytest.raises(UserError, match="folder not found"):
+        train(tiny_sam2, "rparis6k", revisitop_root, tmp_path)
+    no_gnd = write_revisitop(tmp_path / "no_gnd")
+    (no_gnd / "roxford5k" / "gnd_roxford5k.pkl").unlink()
+    with pytest.raises(UserError, match="ground-truth file not found"):
+        train(tiny_sam2, "roxford5k", no_gnd, tmp_path)
+    broken = write_revisitop(tmp_path / "broken")
+    with open(broken / "roxford5k" / "gnd_roxford5k.pkl", "wb") as f:
+        pickle.dump({"imlist": []}, f)
+    with pytest.raises(UserError, match="without the keys"):
+        train(tiny_sam2, "roxford5k", broken, tmp_path)
+    uned = write_uned(tmp_path / "uned", domains=("cars",))
+    entries = json.loads((uned / "info_files" / "cars" / "train.json").read_text())
+    (uned / "images" / entries[0]["path"]).unlink()
+    with pytest.raises(UserError, match="listed but not found"):
+        train(tiny_sam2, "uned", uned, tmp_path, "--uned_domains", "cars")
