@@ -13,9 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
-from utils.cli import finish, format_table
+from utils.cli import finish, format_table, progress
 from utils.errors import CliParser, UserError, run_cli
 from utils.feature_store import read_manifest, shard_keys
 from utils.loaders.ilias import (add_source_args, image_file, read_shard, shard_location,
@@ -73,7 +71,7 @@ def main(args) -> dict:
                for shard, keys in needed.items()}
     missing = {shard: keys for shard, keys in missing.items() if keys}
     shards_read, written = len(missing), 0
-    for shard, keys in tqdm(missing.items(), desc="distractor shards", unit="shard"):
+    for shard, keys in progress(missing.items(), desc="distractor shards", unit="shard"):
         for sample in read_shard(shard_location(args, "distractors", shard), "distractors"):
             if sample.key in keys:
                 written += write_image(images_dir, sample)

@@ -10,9 +10,7 @@ re-ranking needs come from extract_candidates.py.
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
-
-from utils.cli import finish, format_table
+from utils.cli import finish, format_table, progress
 from utils.errors import CliParser, run_cli
 from utils.loaders.ilias import add_source_args, read_shard, shard_location, update_image_index, write_image
 
@@ -31,7 +29,7 @@ def main(args) -> dict:
         written = present = 0
         keys = []
         for shard in getattr(args, f"{split}_shards"):
-            for sample in tqdm(read_shard(shard_location(args, split, shard), split), desc=shard, unit="img"):
+            for sample in progress(read_shard(shard_location(args, split, shard), split), desc=shard, unit="img"):
                 keys.append(sample.key)
                 if write_image(images_dir, sample):
                     written += 1

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from utils import dinov2
-from utils.cli import check_positive, finish, format_table, set_seed
+from utils.cli import check_positive, finish, format_table, progress, set_seed
 from utils.dist import barrier, init_distributed, rank_share
 from utils.errors import CliParser, UserError, run_cli
 from utils.feature_store import finished_shard, write_manifest, write_shard
@@ -56,15 +54,16 @@ def extract_shards(args, model, split: str, shards: list[str], split_dir: Path, 
                           lambda image: dinov2.preprocess(image, args.resolution), args.batch_size,
                           crop_to_box=split == "queries" and args.query_crop == "bbox",
                           max_images=max_images)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.num_workers)
+    # a worker reads whole shards: more workers than shards would idle
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(args.num_workers, len(todo)))
     pending = {s: {"features": [], "keys": [], "boxes": [], "corrupt": []} for s in todo}
-    with tqdm(desc=f"{split} (rank {rank})", unit="img") as progress:
+    with progress(desc=f"{split} (rank {rank})", unit="img") as bar:
         for batch in loader:
-            consume(args, model, split, batch, pending, split_dir, settings, progress)
+            consume(args, model, split, batch, pending, split_dir, settings, bar)
 
 
 def consume(args, model, split: str, batch: dict, pending: dict, split_dir: Path, settings: dict,
-            progress) -> None:
+            bar) -> None:
     """Embed one decoded batch; write its shard's outputs after the shard's last batch."""
     shard = batch["shard"]
     if "error" in batch:
@@ -78,7 +77,7 @@ def consume(args, model, split: str, batch: dict, pending: dict, split_dir: Path
     acc["keys"] += batch["keys"]
     acc["boxes"] += batch["boxes"]
     acc["corrupt"] += batch["corrupt"]
-    progress.update(len(batch["keys"]) + len(batch["corrupt"]))
+    bar.update(len(batch["keys"]) + len(batch["corrupt"]))
     if batch["last"]:
         empty = np.zeros((0, model.config.hidden_size), np.float32)
         features = np.concatenate(acc["features"]) if acc["features"] else empty

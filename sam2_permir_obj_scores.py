@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from utils import dinov2
-from utils.cli import add_run_args, batched, check_positive, data_path, finish, format_table, set_seed
+from utils.cli import (add_run_args, batched, data_path, finish, format_table,
+                       pair_batch_size, progress, set_seed)
 from utils.errors import CliParser, UserError, run_cli
 from utils.io import pack_masks, save_npy, save_png, save_pt, unpack_masks
 from utils.loaders.common import open_image
@@ -86,10 +85,10 @@ def sam2_scores(args, data: dict, engine: PseudoVideo) -> np.ndarray:
     """Scores of every (query, gallery image) pair. Gallery batches are encoded once and scored
     against every query's reference memory, which is built once per query."""
     references = [engine.encode_reference([engine.prepare(open_image(path))], masks=[mask])
-                  for path, mask in tqdm(list(zip(data["query_paths"], unpack_masks(data["query_masks"]))),
+                  for path, mask in progress(list(zip(data["query_paths"], unpack_masks(data["query_masks"]))),
                                          desc="query memories", unit="img")]
     scores = np.zeros((len(references), len(data["gallery_paths"])), np.float32)
-    progress = tqdm(total=len(data["gallery_paths"]), desc="gallery", unit="img")
+    bar = progress(total=len(data["gallery_paths"]), desc="gallery", unit="img")
     for columns in batched(list(range(len(data["gallery_paths"]))), args.batch_size):
         ids = [f"gallery/{j}" for j in columns]
         frames = [engine.prepare(open_image(data["gallery_paths"][j]), image_id=i)
@@ -98,8 +97,8 @@ def sam2_scores(args, data: dict, engine: PseudoVideo) -> np.ndarray:
             predicted = engine.score_targets(reference, frames, with_masks=False)
             scores[row, columns] = predicted.score(args.score).numpy()
         engine.forget(ids)
-        progress.update(len(columns))
-    progress.close()
+        bar.update(len(columns))
+    bar.close()
     return scores
 
 
@@ -110,7 +109,7 @@ def dinov2_scores(args, data: dict, device) -> np.ndarray:
     def features(paths, desc):
         chunks = [dinov2.embed(model, torch.stack([dinov2.preprocess(open_image(p), args.dinov2_resolution)
                                                    for p in chunk]))
-                  for chunk in tqdm(list(batched(paths, args.batch_size)), desc=desc, unit="batch")]
+                  for chunk in progress(list(batched(paths, args.batch_size)), desc=desc, unit="batch")]
         return torch.cat(chunks)
 
     return (features(data["query_paths"], "DINOv2 queries")
@@ -127,8 +126,9 @@ def visualize(output_dir: Path, data: dict, scores: np.ndarray, positives: np.nd
 
 
 def main(args) -> dict:
-    check_positive(args.batch_size, "--batch_size")
     set_seed(args.seed)
+    device = resolve_device(args.device)
+    args.batch_size = pair_batch_size(args.batch_size, device)
     output_dir = Path(args.output_dir)
     cache_path = output_dir / "permir_data.pt"
     if args.stage == "cache" or (args.stage == "all" and (args.rebuild_cache or not cache_path.is_file())):
@@ -141,7 +141,6 @@ def main(args) -> dict:
         return finish(output_dir, {name: value for name, value in counts},
                       format_table(["PerMIR split", "count"], counts))
 
-    device = resolve_device(args.device)
     engine = PseudoVideo(build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, device), amp=args.amp)
     scores = sam2_scores(args, data, engine)
     save_npy(output_dir / "scores.npy", scores)

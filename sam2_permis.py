@@ -15,9 +15,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
-from utils.cli import add_run_args, batched, check_positive, data_path, finish, format_table, set_seed
+from utils.cli import (add_run_args, batched, data_path, finish, format_table,
+                       pair_batch_size, progress, set_seed)
 from utils.errors import CliParser, run_cli
 from utils.io import save_png
 from utils.loaders.common import open_image
@@ -49,34 +48,38 @@ def load_episodes(args):
     return permis_episodes(load_permirs_videos(data_path(args)), args.shots)
 
 
-def main(args) -> dict:
-    check_positive(args.batch_size, "--batch_size")
-    set_seed(args.seed)
-    episodes, skipped = load_episodes(args)
-    model = build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, resolve_device(args.device))
-    engine = PseudoVideo(model, amp=args.amp)
+def segment(args, engine: PseudoVideo, episodes) -> dict:
+    """Segment every target; returns per object [intersection, union, boundary intersection,
+    boundary union, targets], and writes masks and overlays if asked."""
     output_dir = Path(args.output_dir)
-
-    # object -> [intersection, union, boundary intersection, boundary union, targets]
     counts = {episode.name: np.zeros(5, np.int64) for episode in episodes}
-    progress = tqdm(total=sum(len(e.targets) for e in episodes), desc="targets", unit="img")
-    for episode in episodes:
-        frames = [engine.prepare(open_image(s.image_path)) for s in episode.references]
-        reference = engine.encode_reference(frames, masks=[s.load_mask() for s in episode.references])
-        for batch in batched(episode.targets, args.batch_size):
-            images = [open_image(s.image_path) for s in batch]
-            predicted = engine.score_targets(reference, [engine.prepare(image) for image in images])
-            for sample, image, logits in zip(batch, images, predicted.mask_logits):
-                pred, gt = logits.numpy() > 0, sample.load_mask()
-                counts[episode.name] += [*intersection_union(pred, gt),
-                                         *boundary_intersection_union(pred, gt), 1]
-                name = f"{episode.name}/{sample.image_path.stem}.png"
-                if args.save_masks:
-                    save_png(output_dir / "masks" / name, pred.astype(np.uint8) * 255)
-                if args.visualize:
-                    save_png(output_dir / "vis" / name, overlay(image, pred, gt))
-            progress.update(len(batch))
-    progress.close()
+    with progress(total=sum(len(e.targets) for e in episodes), desc="targets", unit="img") as bar:
+        for episode in episodes:
+            frames = [engine.prepare(open_image(s.image_path)) for s in episode.references]
+            reference = engine.encode_reference(frames, masks=[s.load_mask() for s in episode.references])
+            for batch in batched(episode.targets, args.batch_size):
+                images = [open_image(s.image_path) for s in batch]
+                predicted = engine.score_targets(reference, [engine.prepare(image) for image in images])
+                for sample, image, logits in zip(batch, images, predicted.mask_logits):
+                    pred, gt = logits.numpy() > 0, sample.load_mask()
+                    counts[episode.name] += [*intersection_union(pred, gt),
+                                             *boundary_intersection_union(pred, gt), 1]
+                    name = f"{episode.name}/{sample.image_path.stem}.png"
+                    if args.save_masks:
+                        save_png(output_dir / "masks" / name, pred.astype(np.uint8) * 255)
+                    if args.visualize:
+                        save_png(output_dir / "vis" / name, overlay(image, pred, gt))
+                bar.update(len(batch))
+    return counts
+
+
+def main(args) -> dict:
+    set_seed(args.seed)
+    device = resolve_device(args.device)
+    args.batch_size = pair_batch_size(args.batch_size, device)
+    episodes, skipped = load_episodes(args)
+    model = build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, device)
+    counts = segment(args, PseudoVideo(model, amp=args.amp), episodes)
 
     mask_counts = {name: (c[0], c[1]) for name, c in counts.items()}
     boundary_counts = {name: (c[2], c[3]) for name, c in counts.items()}
@@ -98,7 +101,7 @@ def main(args) -> dict:
     table = format_table(["object", "targets", "IoU", "bIoU"], rows)
     if skipped:
         table += f"\nskipped {skipped} targets whose mask covers under 0.5% of the image (protocol)"
-    return finish(output_dir, metrics, table)
+    return finish(args.output_dir, metrics, table)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from utils.cli import batched, check_positive, finish, format_table, set_seed
+from utils.cli import (batched, check_positive, finish, format_table, pair_batch_size,
+                       progress, set_seed)
 from utils.dist import barrier, init_distributed, sum_across_ranks
 from utils.errors import CliParser, UserError, run_cli
 from utils.feature_store import read_manifest, shard_keys
@@ -50,7 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--query_prompt", choices=["box", "box_mask"], default="box")
     parser.add_argument("--score", choices=SCORES, default="iou")
     parser.add_argument("--head_checkpoint", default=None, help="score head from train_revisitop.py")
-    parser.add_argument("--batch_size", type=int, default=16, help="pairs per forward pass")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="pairs per forward pass (default: 8 on a GPU, 1 on the CPU)")
     parser.add_argument("--chunk_size", type=int, default=512, help="candidate images per saved part")
     parser.add_argument("--visualize", type=int, default=0, metavar="N")
     parser.add_argument("--seed", type=int, default=0)
@@ -179,14 +179,14 @@ def visualize(args, data: dict, first: np.ndarray, reranked: np.ndarray) -> None
 
 
 def main(args) -> dict:
-    for value, flag in ((args.batch_size, "--batch_size"), (args.chunk_size, "--chunk_size")):
-        check_positive(value, flag)
+    check_positive(args.chunk_size, "--chunk_size")
     set_seed(args.seed)
     data = load_inputs(args)
     topk, output_dir = data["topk"], Path(args.output_dir)
     candidates = np.unique(topk[:, :args.k])
     check_images(Path(args.images_dir), data["query_keys"], [data["database_keys"][c] for c in candidates], args.k)
     device = resolve_device(args.device)
+    args.batch_size = pair_batch_size(args.batch_size, device)
     rank, world = init_distributed(device)
     model = build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, device)
     if args.head_checkpoint:
@@ -202,7 +202,7 @@ def main(args) -> dict:
         save_json(parts_dir / "settings.json", settings)
     chunks = [candidates[i:i + args.chunk_size] for i in range(0, len(candidates), args.chunk_size)]
     mine = [c for c in range(rank, len(chunks), world) if not (parts_dir / f"chunk_{c:05d}.npy").is_file()]
-    for c in tqdm(mine, desc=f"candidate chunks (rank {rank})", unit="chunk"):
+    for c in progress(mine, desc=f"candidate chunks (rank {rank})", unit="chunk"):
         save_npy(parts_dir / f"chunk_{c:05d}.npy", score_chunk(args, engine, memories, data, chunks[c], topk[:, :args.k]))
     passes = sum_across_ranks(engine.encoder_passes)
     barrier()

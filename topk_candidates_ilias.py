@@ -14,9 +14,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
-from utils.cli import finish, format_table
+from utils.cli import finish, format_table, progress
 from utils.errors import CliParser, UserError, run_cli
 from utils.feature_store import read_manifest, shard_features, shard_keys
 from utils.io import save_json, save_npy
@@ -78,7 +76,7 @@ def main(args) -> dict:
     query_keys = [key for e in manifests["queries"]["shards"] for key in shard_keys(query_dir, e)]
     shards = database_shards(features_dir, manifests)
     scores, indices = sharded_topk(
-        queries, (shard_features(d, e) for d, e in tqdm(shards, desc="database shards", unit="shard")), args.k)
+        queries, (shard_features(d, e) for d, e in progress(shards, desc="database shards", unit="shard")), args.k)
     save_npy(output_dir / "topk_indices.npy", indices)
     save_npy(output_dir / "topk_scores.npy", scores.astype(np.float32))
     save_json(output_dir / "topk_meta.json", meta)

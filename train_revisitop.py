@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from utils.cli import batched, check_positive, finish, format_table, set_seed
+from utils.cli import batched, check_positive, finish, format_table, progress, set_seed
 from utils.errors import CliParser, UserError, run_cli
 from utils.io import save_pt
 from utils.loaders.common import open_image
@@ -192,7 +190,7 @@ def main(args) -> dict:
     for epoch in range(first_epoch, args.epochs + 1):
         triplets = train.sample(np.random.default_rng([args.seed, epoch]), args.samples_per_epoch, args.num_negatives)
         losses = []
-        for batch in tqdm(list(batched(triplets, args.batch_size)), desc=f"epoch {epoch}", unit="step"):
+        for batch in progress(list(batched(triplets, args.batch_size)), desc=f"epoch {epoch}", unit="step"):
             positive, negatives = triplet_scores(scorer, batch, grad=True)
             loss = lazy_triplet_loss(positive, negatives, args.margin)
             optimizer.zero_grad()

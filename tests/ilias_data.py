@@ -1,14 +1,12 @@
 """Small ILIAS-format data: webdataset tar shards (jpg, bbox.json, keys <object>/query/Q000_00)
 and the official ilias_core/<object>/{query,pos}/ folders with _bbox.txt files."""
 import io
-import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
 import precompute_features_ilias as features_script
-from utils.synthetic import render_object, render_scene
+from utils.synthetic import render_object, render_scene, write_webdataset_tar
 
 SIZE = (60, 80)
 
@@ -22,19 +20,6 @@ def _jpeg(image) -> bytes:
 def _box(mask) -> list[int]:
     ys, xs = np.nonzero(mask)
     return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-
-
-def write_tar(path: Path, samples: list[tuple[str, bytes, list | None]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for key, jpeg, boxes in samples:
-            members = [(f"{key}.jpg", jpeg)]
-            if boxes is not None:
-                members.append((f"{key}.bbox.json", json.dumps(boxes).encode()))
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
 
 def make_ilias(root, num_objects=4, positives=3, distractor_shards=(5, 4), seed=0) -> dict:
@@ -51,8 +36,8 @@ def make_ilias(root, num_objects=4, positives=3, distractor_shards=(5, 4), seed=
         for j in range(positives):
             image, mask = render_scene(rng, obj, *SIZE, scale=float(rng.uniform(0.3, 0.6)))
             db.append((f"{name}/pos/P{k:03d}_{j:02d}", _jpeg(image), [_box(mask)]))
-    write_tar(root / "queries-000000.tar", queries)
-    write_tar(root / "db-000000.tar", db)
+    write_webdataset_tar(root / "queries-000000.tar", queries)
+    write_webdataset_tar(root / "db-000000.tar", db)
     distractor_names, distractors = [], {}
     other = render_object(seed * 100 + 99)
     for s, count in enumerate(distractor_shards):
@@ -62,7 +47,7 @@ def make_ilias(root, num_objects=4, positives=3, distractor_shards=(5, 4), seed=
             samples[-1] = (samples[-1][0], db[0][1], None)
         distractors.update({key: jpeg for key, jpeg, _ in samples})
         distractor_names.append(f"distractors-{s:06d}.tar")
-        write_tar(root / distractor_names[-1], samples)
+        write_webdataset_tar(root / distractor_names[-1], samples)
     for key, jpeg, boxes in queries + db:
         path = root / "ilias_core" / f"{key}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ import extract_candidates
 import extract_images
 import topk_candidates_ilias as topk_script
 from conftest import REPO
-from ilias_data import extract, ilias_map_by_definition, source_args, write_tar
+from ilias_data import extract, ilias_map_by_definition, source_args
+from utils.synthetic import write_webdataset_tar
 from utils import dinov2
 from utils.errors import UserError
 from utils.loaders.ilias import union_box
@@ -119,7 +120,7 @@ def test_max_distractors(ilias, tiny_dinov2, tmp_path):
 def test_corrupt_image(ilias, tiny_dinov2, tmp_path):
     root, info = ilias
     bad = tmp_path / "data"
-    write_tar(bad / "bad-000000.tar", [("000009/000000", b"\xff\xd8 truncated", None),
+    write_webdataset_tar(bad / "bad-000000.tar", [("000009/000000", b"\xff\xd8 truncated", None),
                                        ("000009/000001", info["samples"]["object_000/pos/P000_00"][0], None)])
     with pytest.raises(UserError, match="corrupt image 000009/000000"):
         extract(bad, {**info, "distractors": ["bad-000000.tar"]}, tiny_dinov2, tmp_path / "a",

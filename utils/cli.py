@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from utils.errors import UserError
 from utils.io import save_json
@@ -22,12 +23,18 @@ def add_run_args(parser: argparse.ArgumentParser, datasets: list[str], output_di
     parser.add_argument("--data_path", default=None,
                         help="dataset root (default: datasets/<name>, see datasets/*/README.md)")
     parser.add_argument("--output_dir", default=output_dir)
-    parser.add_argument("--batch_size", type=int, default=8, help="targets per forward pass")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="targets per forward pass (default: 8 on a GPU, 1 on the CPU)")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def data_path(args) -> Path:
     return Path(args.data_path or DATA_PATHS[args.dataset_file])
+
+
+def progress(iterable=None, **kwargs) -> tqdm:
+    """A tqdm bar, drawn on a terminal only: logs and error output stay clean."""
+    return tqdm(iterable, disable=None, **kwargs)
 
 
 def set_seed(seed: int) -> None:
@@ -57,6 +64,16 @@ def batched(items: list, size: int):
     """Consecutive chunks of `size` items (the last may be shorter)."""
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def pair_batch_size(requested: int | None, device) -> int:
+    """Pairs per SAM2 forward pass: as asked, else 8 on a GPU and 1 on the CPU, where batching
+    adds no throughput (each op already uses every core) and each new batch shape costs a
+    warm-up (measured by bench.py)."""
+    if requested is not None:
+        check_positive(requested, "--batch_size")
+        return requested
+    return 8 if str(device).startswith("cuda") else 1
 
 
 def check_positive(value: int, flag: str) -> None:

@@ -17,8 +17,13 @@ IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 def load_dinov2(name: str, device):
     """A frozen `Dinov2Model` from a hub id (e.g. facebook/dinov2-small) or a local folder."""
-    from transformers import Dinov2Model  # imported here: transformers is slow to import
+    import sys
 
+    from transformers import Dinov2Model  # imported here: transformers is slow to import
+    from transformers.utils import logging as transformers_logging
+
+    if not sys.stderr.isatty():  # its loading bars would garble logs and one-line errors
+        transformers_logging.disable_progress_bar()
     try:
         model = Dinov2Model.from_pretrained(name)
     except OSError as err:

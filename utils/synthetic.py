@@ -1,6 +1,8 @@
 """Deterministic synthetic data: a distinctive object pasted into different scenes, at different
 places and scales, with its exact mask. Used by the demo and by the tests."""
 import io
+import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +71,19 @@ def write_perseg(root, num_objects: int = 2, images_per_object: int = 5, seed: i
             save_png(root / "Annotations" / name / f"{i:02d}.png", mask.astype(np.uint8) * 255)
         names.append(name)
     return names
+
+
+def write_webdataset_tar(path, samples: list[tuple[str, bytes, list | None]]) -> Path:
+    """A webdataset tar shard in the ILIAS layout: per sample `<key>.jpg` and, with boxes,
+    `<key>.bbox.json` ([x, y, w, h] boxes)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for key, jpeg, boxes in samples:
+            members = [(f"{key}.jpg", jpeg)]
+            if boxes is not None:
+                members.append((f"{key}.bbox.json", json.dumps(boxes).encode()))
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return atomic_write_bytes(path, buf.getvalue())

@@ -57,8 +57,14 @@ def image_size(path) -> tuple[int, int]:
 
 
 def read_mask(path) -> np.ndarray:
-    """A mask PNG read as grey and binarised with > 0 (the PerSeg convention)."""
-    return np.asarray(open_image(path).convert("L")) > 0
+    """A mask PNG read as grey and binarised with > 0 (the PerSeg convention: 0/255 and 0/1
+    masks read the same). A third grey value means this is not a binary mask: an error."""
+    grey = np.asarray(open_image(path).convert("L"))
+    values = np.unique(grey)
+    if len(values) > 2:
+        raise UserError(f"mask has {len(values)} grey values ({', '.join(map(str, values[:4]))}, ...), "
+                        "not 2", str(path), "save it as a binary mask (0 and 255, or 0 and 1)")
+    return grey > 0
 
 
 def check_same_size(mask_hw, image_path, mask_where: str) -> None:

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+# imported here, not when a shard is read: DataLoader workers fork with it loaded, instead of
+# each paying the import (seconds) before its first image
+from datasets import Image as ImageFeature, load_dataset
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from utils.errors import UserError
@@ -85,8 +88,6 @@ def iter_shard(location: str, split: str):
     if not location.endswith(".tar"):
         yield from _iter_core_folder(Path(location), split)
         return
-    from datasets import Image as ImageFeature, load_dataset  # slow to import: only when reading
-
     stream = load_dataset("webdataset", data_files={"train": [location]}, split="train", streaming=True)
     stream = stream.cast_column("jpg", ImageFeature(decode=False))
     # .iter() reads the whole shard even inside a DataLoader worker (plain iteration would hand

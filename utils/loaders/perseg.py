@@ -7,7 +7,7 @@ reference image and the next k-1 images in name order; the rest are targets.
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.loaders.common import Episode, Sample, check_same_size, image_size, read_mask, require_dir
+from utils.loaders.common import Episode, Sample, check_same_size, read_mask, require_dir
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -46,5 +46,6 @@ def _sample(image_path: Path, mask_dir: Path) -> Sample:
     if not mask_path.is_file():
         raise UserError("mask not found for image", str(image_path),
                         f"add {mask_path} (PerSeg masks are Annotations/<object>/NN.png)")
-    check_same_size(image_size(mask_path), image_path, str(mask_path))
+    # read now (not at its turn in the loop): a broken mask stops the run before any work
+    check_same_size(read_mask(mask_path).shape, image_path, str(mask_path))
     return Sample(image_path, mask_path)
