@@ -18,17 +18,19 @@ Prints one table and writes <output_dir>/bench_results.json (and metrics.json, t
 """
 import argparse
 import contextlib
+import functools
 import multiprocessing
-import os
 import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from utils.cli import finish, format_table, pair_batch_size, set_seed
 from utils.errors import CliParser, run_cli
@@ -60,15 +62,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def quiet_progress():
     """The official predictor draws progress bars on every call; keep the table readable."""
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
+    import sam2.sam2_video_predictor
+    import sam2.utils.misc
+
+    silent = functools.partial(tqdm, disable=True)
+    with mock.patch.object(sam2.sam2_video_predictor, "tqdm", silent), mock.patch.object(sam2.utils.misc, "tqdm", silent):
         yield
-    finally:
-        if previous is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = previous
 
 
 def timed(function, *args, **kwargs):

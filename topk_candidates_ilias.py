@@ -4,7 +4,7 @@
         --output_dir outputs/ilias
 
 Reads the features written by precompute_features_ilias.py one shard at a time and merges a
-running top-K (faiss IndexFlatIP, exact inner product; GPU faiss when present), so memory is
+running top-K (faiss exact inner-product kNN, the kernel of IndexFlatIP; GPU faiss when present), so memory is
 bounded by one shard. Global index = position in the db shards, then in the distractor shards,
 in manifest order. Writes topk_indices.npy (int64, queries x K), topk_scores.npy (float32),
 topk_meta.json, and the stage-1 metrics (ILIAS mAP@1k, Recall@1/5/10/100) to metrics.json.

@@ -148,6 +148,19 @@ def head_record(args, model, epoch: int, val: dict) -> dict:
             "epoch": epoch, "val": val}
 
 
+def save_checkpoints(output_dir: Path, record: dict, history: list, optimizer) -> None:
+    """last.pt first (the resume point), then the epoch's head and, if best so far, head_best.pt.
+    A resumed run writes the heads again from last.pt: a kill between the files loses none."""
+    save_pt(output_dir / "last.pt", {**record, "optimizer": optimizer.state_dict(), "history": history})
+    write_heads(output_dir, record, history)
+
+
+def write_heads(output_dir: Path, record: dict, history: list) -> None:
+    save_pt(output_dir / f"head_epoch{record['epoch']}.pt", record)
+    if record["val"]["map"] >= max(h["map"] for h in history):
+        save_pt(output_dir / "head_best.pt", record)
+
+
 def resume_state(args, model, optimizer) -> tuple[int, list]:
     path = Path(args.output_dir) / "last.pt"
     if not path.is_file():
@@ -158,6 +171,7 @@ def resume_state(args, model, optimizer) -> tuple[int, list]:
                         str(path), "resume with the same --sam2_cfg and --score, or use another --output_dir")
     model.load_state_dict(state["head"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
+    write_heads(path.parent, {k: v for k, v in state.items() if k not in ("optimizer", "history")}, state["history"])
     return state["epoch"] + 1, state["history"]
 
 
@@ -199,11 +213,7 @@ def main(args) -> dict:
             losses.append(loss.item())
         results = {"epoch": epoch, "loss": float(np.mean(losses)), **validate(args, scorer, val_triplets, val_tasks)}
         history.append(results)
-        record = head_record(args, model, epoch, results)
-        save_pt(output_dir / f"head_epoch{epoch}.pt", record)
-        if results["map"] >= max(h["map"] for h in history):
-            save_pt(output_dir / "head_best.pt", record)
-        save_pt(output_dir / "last.pt", {**record, "optimizer": optimizer.state_dict(), "history": history})
+        save_checkpoints(output_dir, head_record(args, model, epoch, results), history, optimizer)
 
     best = max(history, key=lambda h: h["map"])
     columns = [c for c in history[0] if c != "epoch"]

@@ -4,15 +4,17 @@ import numpy as np
 
 
 def shard_search(queries: np.ndarray, shard: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-min(k, n) inner products of the queries in one shard (faiss IndexFlatIP; on the
-    GPU when faiss has one). Returns scores and shard-local indices."""
+    """Exact top-min(k, n) inner products of the queries in one shard, with faiss's brute-force
+    kNN (on the GPU when faiss has one): no index is built, so the shard is not copied. Returns
+    scores and shard-local indices (among equal scores, the lower indices are kept)."""
     import faiss
 
-    index = faiss.IndexFlatIP(shard.shape[1])
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    index.add(np.ascontiguousarray(shard, np.float32))
-    return index.search(np.ascontiguousarray(queries, np.float32), min(k, len(shard)))
+    queries = np.ascontiguousarray(queries, np.float32)
+    shard = np.ascontiguousarray(shard, np.float32)
+    k = min(k, len(shard))
+    if hasattr(faiss, "knn_gpu") and faiss.get_num_gpus() > 0:
+        return faiss.knn_gpu(faiss.StandardGpuResources(), queries, shard, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return faiss.knn(queries, shard, k, metric=faiss.METRIC_INNER_PRODUCT)
 
 
 def merge_topk(scores: np.ndarray, indices: np.ndarray, new_scores: np.ndarray, new_indices: np.ndarray,
@@ -36,4 +38,5 @@ def sharded_topk(queries: np.ndarray, shards, k: int) -> tuple[np.ndarray, np.nd
             shard_scores, local = shard_search(queries, shard, k)
             scores, indices = merge_topk(scores, indices, shard_scores, local.astype(np.int64) + offset, k)
         offset += len(shard)
+        del shard  # before the next one is read: never two shards in memory
     return scores, indices
