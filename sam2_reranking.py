@@ -20,7 +20,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from utils.cli import (batched, check_positive, finish, format_table, pair_batch_size,
                        progress, set_seed)
 from utils.dist import barrier, init_distributed, sum_across_ranks

@@ -1,5 +1,6 @@
 """Shared fixtures: a shrunk random SAM2 (config yaml + official-format checkpoint) and small
 synthetic datasets in the official formats."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,18 @@ def features(ilias, tiny_dinov2, tmp_path_factory):
     out = tmp_path_factory.mktemp("features")
     extract(root, info, tiny_dinov2, out)
     return out
+
+
+def run_one_and_two_processes(script: str, make_argv, tmp_path):
+    """Run a script as one process and under a 2-process torchrun (gloo, CPU), with the same
+    thread count (float sums in another order would differ in the last bit); returns the two
+    output folders."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {"one": [sys.executable, str(REPO / script)],
+            "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(REPO / script)]}  # --standalone: a free port of its own
+    for name, command in runs.items():
+        result = subprocess.run([*command, *make_argv(tmp_path / name)], cwd=REPO, capture_output=True,
+                                text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return tmp_path / "one", tmp_path / "two"

@@ -1,9 +1,6 @@
 """sam2_reranking.py end to end on generated ILIAS data: tiny random DINOv2 first stage, shrunk
 random SAM2 second stage."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +10,7 @@ import extract_candidates
 import extract_images
 import sam2_reranking
 import topk_candidates_ilias
-from conftest import REPO
+from conftest import run_one_and_two_processes
 from ilias_data import ilias_map_by_definition, source_args
 from utils.errors import UserError
 from utils.sam2_model import architecture_signature, build_sam2_model, head_tensors
@@ -126,15 +123,7 @@ def test_bad_inputs(tiny_sam2, features, stage1, tmp_path):
 
 
 def test_torchrun_two_processes_equal_one(tiny_sam2, features, stage1, tmp_path):
-    # the same thread count in both runs: float sums in other orders would differ in the last bit
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    script = [str(REPO / "sam2_reranking.py")]
-    runs = {"one": [sys.executable, *script],
-            "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", "29527", *script]}
-    for name, command in runs.items():
-        result = subprocess.run([*command, *rerank_args(tiny_sam2, features, stage1, tmp_path / name)],
-                                cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
-        assert result.returncode == 0, result.stderr[-2000:]
+    one, two = run_one_and_two_processes(
+        "sam2_reranking.py", lambda out: rerank_args(tiny_sam2, features, stage1, out), tmp_path)
     for name in ("reranked_indices.npy", "reranked_scores.npy"):
-        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+        assert (two / name).read_bytes() == (one / name).read_bytes()
