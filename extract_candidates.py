@@ -9,13 +9,12 @@ keys to <images_dir>/index.json. Resumable: images already there are skipped, an
 needed images are all there is not read. Before: topk_candidates_ilias.py. Next: sam2_reranking.py.
 """
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from utils.cli import finish, format_table, progress
 from utils.errors import CliParser, UserError, run_cli
-from utils.feature_store import read_manifest, shard_keys
+from utils.feature_store import load_topk, shard_keys
 from utils.loaders.ilias import (add_source_args, image_file, read_shard, shard_location,
                                  update_image_index, write_image)
 
@@ -28,25 +27,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--features_dir", default="outputs/ilias/features")
     parser.add_argument("--images_dir", default="outputs/ilias/images")
     return parser
-
-
-def load_topk(topk_dir: Path, features_dir: Path, k: int) -> tuple[np.ndarray, dict, dict]:
-    """The first k columns of the top-K indices, checked against the features they came from."""
-    indices_path, meta_path = topk_dir / "topk_indices.npy", topk_dir / "topk_meta.json"
-    for path in (indices_path, meta_path):
-        if not path.is_file():
-            raise UserError("no top-K file", str(path), "run topk_candidates_ilias.py first")
-    meta = json.loads(meta_path.read_text())
-    indices = np.load(indices_path)
-    manifests = {split: read_manifest(features_dir / split) for split in ("db", "distractors")}
-    if (indices.shape[0] != meta["queries"] or meta["db"] != manifests["db"]["total"]
-            or meta["distractors"] not in (0, manifests["distractors"]["total"])):
-        raise UserError("top-K files do not match the features (another run?)", str(topk_dir),
-                        "rerun topk_candidates_ilias.py on these --features_dir")
-    if not 1 <= k <= indices.shape[1]:
-        raise UserError(f"--k is larger than the top-K width {indices.shape[1]}", f"--k {k}",
-                        f"pass --k {indices.shape[1]} or less, or rerun topk_candidates_ilias.py with a larger --k")
-    return indices[:, :k], meta, manifests["distractors"]
 
 
 def needed_by_shard(indices: np.ndarray, num_db: int, manifest: dict, split_dir: Path) -> dict:
@@ -64,8 +44,9 @@ def needed_by_shard(indices: np.ndarray, num_db: int, manifest: dict, split_dir:
 
 def main(args) -> dict:
     features_dir, images_dir = Path(args.features_dir), Path(args.images_dir)
-    indices, meta, manifest = load_topk(Path(args.topk_dir), features_dir, args.k)
-    needed = needed_by_shard(indices, meta["db"], manifest, features_dir / "distractors")
+    topk = load_topk(Path(args.topk_dir), features_dir, args.k)
+    manifest = topk["manifests"].get("distractors", {"shards": []})
+    needed = needed_by_shard(topk["indices"][:, :args.k], topk["meta"]["db"], manifest, features_dir / "distractors")
     total = sum(len(keys) for keys in needed.values())
     missing = {shard: {key for key in keys if not image_file(images_dir, key).is_file()}
                for shard, keys in needed.items()}

@@ -24,7 +24,7 @@ from utils.cli import (batched, check_positive, finish, format_table, pair_batch
                        progress, set_seed)
 from utils.dist import barrier, init_distributed, sum_across_ranks
 from utils.errors import CliParser, UserError, run_cli
-from utils.feature_store import read_manifest, shard_keys
+from utils.feature_store import load_topk, shard_record
 from utils.io import save_json, save_npy, save_png
 from utils.loaders.common import open_image
 from utils.loaders.ilias import image_file, object_id, union_box
@@ -57,31 +57,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def load_inputs(args) -> dict:
-    """Top-K lists, keys, query boxes and image files, checked against each other."""
-    topk_dir, features_dir = Path(args.topk_dir), Path(args.features_dir)
-    meta_path = topk_dir / "topk_meta.json"
-    if not meta_path.is_file():
-        raise UserError("no top-K files", str(topk_dir), "run topk_candidates_ilias.py first")
-    meta = json.loads(meta_path.read_text())
-    topk = np.load(topk_dir / "topk_indices.npy")
-    first_scores = np.load(topk_dir / "topk_scores.npy")
-    splits = ("queries", "db", "distractors") if meta["distractors"] else ("queries", "db")
-    manifests = {split: read_manifest(features_dir / split) for split in splits}
-    keys = {split: [key for entry in manifests[split]["shards"]
-                    for key in shard_keys(features_dir / split, entry)] for split in splits}
-    if (topk.shape != first_scores.shape or topk.shape[0] != len(keys["queries"])
-            or meta["db"] != len(keys["db"]) or meta["distractors"] != len(keys.get("distractors", []))):
-        raise UserError("top-K files do not match the features manifests (another run?)", str(topk_dir),
-                        "rerun topk_candidates_ilias.py on these --features_dir")
-    if not 1 <= args.k <= topk.shape[1]:
-        raise UserError(f"--k is larger than the top-K width {topk.shape[1]}", f"--k {args.k}",
-                        f"pass --k {topk.shape[1]} or less, or rerun topk_candidates_ilias.py with a larger --k")
-    query_dir = features_dir / "queries"
-    boxes = [box for entry in manifests["queries"]["shards"]
-             for box in json.loads((query_dir / entry["file"].replace(".npy", ".json")).read_text())["boxes"]]
-    database_keys = keys["db"] + keys.get("distractors", [])
-    return {"topk": topk, "query_keys": keys["queries"], "db_keys": keys["db"],
-            "database_keys": database_keys, "boxes": boxes, "meta": meta}
+    """Top-K lists, keys and query boxes, checked against each other."""
+    features_dir = Path(args.features_dir)
+    topk = load_topk(Path(args.topk_dir), features_dir, args.k)
+    records = {split: [shard_record(features_dir / split, entry) for entry in manifest["shards"]]
+               for split, manifest in topk["manifests"].items()}
+    keys = {split: [key for record in split_records for key in record["keys"]]
+            for split, split_records in records.items()}
+    return {"topk": topk["indices"], "meta": topk["meta"], "query_keys": keys["queries"], "db_keys": keys["db"],
+            "database_keys": keys["db"] + keys.get("distractors", []),
+            "boxes": [box for record in records["queries"] for box in record["boxes"]]}
 
 
 def check_images(images_dir: Path, query_keys: list[str], candidate_keys: list[str], k: int) -> None:

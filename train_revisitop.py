@@ -68,10 +68,12 @@ def load_data(args):
 
 
 class PairScorer:
-    """SAM2 scores of (anchor, target) items: the anchor prompted with its whole (cropped) image."""
+    """SAM2 scores of (anchor, target) items: the anchor prompted with its whole (cropped) image.
+    Each call encodes each of its images once and builds each anchor's memory once, then scores
+    the pairs `batch_size` at a time."""
 
-    def __init__(self, engine: PseudoVideo, data, score: str):
-        self.engine, self.data, self.score = engine, data, score
+    def __init__(self, engine: PseudoVideo, data, score: str, batch_size: int):
+        self.engine, self.data, self.score, self.batch_size = engine, data, score, batch_size
 
     def frame(self, index: int):
         item = self.data.items[index]
@@ -84,8 +86,9 @@ class PairScorer:
         frames = {i: self.frame(i) for i in sorted({i for pair in pairs for i in pair})}
         references = {a: self.engine.encode_reference([frames[a]], boxes=[[0, 0, frames[a].width, frames[a].height]])
                       for a in sorted({a for a, _ in pairs})}
-        scores = self.engine.score_pairs([references[a] for a, _ in pairs], [frames[t] for _, t in pairs],
-                                         with_masks=False, grad=grad).score(self.score)
+        scores = torch.cat([self.engine.score_pairs([references[a] for a, _ in chunk], [frames[t] for _, t in chunk],
+                                                    with_masks=False, grad=grad).score(self.score)
+                            for chunk in batched(pairs, self.batch_size)])
         self.engine.forget([self.data.items[i].key for i in frames])
         return scores
 
@@ -129,7 +132,7 @@ def validate(args, scorer: PairScorer, triplets, tasks) -> dict:
     results = {"triplet_accuracy": 100 * accuracy}
     rankings, ground_truths = {}, {}
     for anchor, candidates, gnd in tasks:
-        scores = torch.cat([scorer([(anchor, c) for c in chunk]) for chunk in batched(candidates, args.batch_size)])
+        scores = scorer([(anchor, c) for c in candidates])
         ranking = np.argsort(-scores.numpy(), kind="stable")
         for protocol, truth in gnd.items():
             rankings.setdefault(protocol, []).append(ranking)
@@ -197,7 +200,7 @@ def main(args) -> dict:
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(list(head.values()), lr=args.lr, weight_decay=args.weight_decay)
     first_epoch, history = resume_state(args, model, optimizer) if args.resume else (1, [])
-    scorer = PairScorer(PseudoVideo(model, amp=args.amp), data, args.score)
+    scorer = PairScorer(PseudoVideo(model, amp=args.amp), data, args.score, args.batch_size)
     val_triplets, val_tasks = validation_sets(args, data, val)
     output_dir = Path(args.output_dir)
 

@@ -80,7 +80,7 @@ def test_short_run_trains_only_the_head(tiny_sam2, revisitop_root, tmp_path, cap
     scores = []
     for m in (fresh, model):
         engine = PseudoVideo(m)
-        scorer = train_revisitop.PairScorer(engine, load_revisitop(revisitop_root, ["roxford5k"]), "iou")
+        scorer = train_revisitop.PairScorer(engine, load_revisitop(revisitop_root, ["roxford5k"]), "iou", 2)
         scores.append(scorer([(0, 1), (0, 2)]))
     assert not torch.equal(scores[0], scores[1])
 

@@ -82,6 +82,34 @@ def shard_features(split_dir: Path, entry: dict) -> np.ndarray:
     return np.ascontiguousarray(features[:entry["count"]])
 
 
-def shard_keys(split_dir: Path, entry: dict) -> list[str]:
+def shard_record(split_dir: Path, entry: dict) -> dict:
+    """A manifest entry's record: keys (and boxes, for queries), cut to the count used."""
     record = json.loads((split_dir / f"{shard_stem(entry['shard'])}.json").read_text())
-    return record["keys"][:entry["count"]]
+    return {**record, **{name: record[name][:entry["count"]] for name in ("keys", "boxes") if name in record}}
+
+
+def shard_keys(split_dir: Path, entry: dict) -> list[str]:
+    return shard_record(split_dir, entry)["keys"]
+
+
+def load_topk(topk_dir: Path, features_dir: Path, k: int) -> dict:
+    """The top-K lists of topk_candidates_ilias.py (indices, scores, meta) with the manifests of
+    the features they came from, checked against each other and against --k."""
+    paths = {name: topk_dir / name for name in ("topk_indices.npy", "topk_scores.npy", "topk_meta.json")}
+    for path in paths.values():
+        if not path.is_file():
+            raise UserError("no top-K file", str(path), "run topk_candidates_ilias.py first")
+    meta = json.loads(paths["topk_meta.json"].read_text())
+    indices, scores = np.load(paths["topk_indices.npy"]), np.load(paths["topk_scores.npy"])
+    splits = ("queries", "db", "distractors") if meta["distractors"] else ("queries", "db")
+    manifests = {split: read_manifest(features_dir / split) for split in splits}
+    totals = {split: manifests[split]["total"] if split in manifests else 0
+              for split in ("queries", "db", "distractors")}
+    if indices.shape != scores.shape or indices.shape[0] != meta["queries"] or \
+            any(meta[split] != total for split, total in totals.items()):
+        raise UserError("top-K files do not match the features manifests (another run?)", str(topk_dir),
+                        "rerun topk_candidates_ilias.py on these --features_dir")
+    if not 1 <= k <= indices.shape[1]:
+        raise UserError(f"--k is larger than the top-K width {indices.shape[1]}", f"--k {k}",
+                        f"pass --k {indices.shape[1]} or less, or rerun topk_candidates_ilias.py with a larger --k")
+    return {"indices": indices, "meta": meta, "manifests": manifests}

@@ -242,18 +242,21 @@ class PseudoVideo:
 
 
 def _batched_memory(references: list[Reference]) -> dict:
-    """The conditioning outputs of a batch of references: views of one reference repeated, or
-    the references' memories stacked along the batch."""
+    """The conditioning outputs of a batch of references: views of one reference repeated (no
+    copy), or the references' memories stacked along the batch."""
     if len({r.num_frames for r in references}) != 1:
         raise ValueError("references of one batch need the same number of frames")
-    batch = len(references)
-    if all(r is references[0] for r in references):
-        return {t: {"maskmem_features": out["maskmem_features"].expand(batch, -1, -1, -1),
-                    "maskmem_pos_enc": [p.expand(batch, -1, -1, -1) for p in out["maskmem_pos_enc"]],
-                    "obj_ptr": out["obj_ptr"].expand(batch, -1)}
-                for t, out in references[0].cond_outputs.items()}
-    return {t: {"maskmem_features": torch.cat([r.cond_outputs[t]["maskmem_features"] for r in references]),
-                "maskmem_pos_enc": [p.expand(batch, -1, -1, -1)
-                                    for p in references[0].cond_outputs[t]["maskmem_pos_enc"]],
-                "obj_ptr": torch.cat([r.cond_outputs[t]["obj_ptr"] for r in references])}
-            for t in references[0].cond_outputs}
+    batch, first = len(references), references[0]
+    repeated = all(r is first for r in references)
+
+    def along_batch(t: int, key: str) -> torch.Tensor:
+        tensor = first.cond_outputs[t][key]
+        if repeated:
+            return tensor.expand(batch, *tensor.shape[1:])
+        return torch.cat([r.cond_outputs[t][key] for r in references])
+
+    return {t: {"maskmem_features": along_batch(t, "maskmem_features"),
+                # the positional encoding is the same for every memory (one shared copy)
+                "maskmem_pos_enc": [p.expand(batch, *p.shape[1:]) for p in out["maskmem_pos_enc"]],
+                "obj_ptr": along_batch(t, "obj_ptr")}
+            for t, out in first.cond_outputs.items()}
