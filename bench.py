@@ -161,7 +161,7 @@ def bench_retrieval(args, predictor, model, folder: Path, floor) -> dict:
         t_official, _ = timed(lambda: [official_pair(predictor, folder, paths[q], paths[n_queries + c], box=boxes[q])
                                        for q in range(n_queries) for c in topk[q]])
     engine = PseudoVideo(model)
-    data = {"query_keys": keys[:n_queries], "database_keys": keys[n_queries:],
+    data = {"query_keys": keys[:n_queries], "database_keys": keys[n_queries:], "db_keys": keys[n_queries:],
             "boxes": [[[b[0], b[1], b[2] - b[0], b[3] - b[1]]] for b in boxes]}
     run = SimpleNamespace(batch_size=batch, score="iou", images_dir=str(images_dir))
     memories = QueryMemories(engine, images_dir, data, "box")

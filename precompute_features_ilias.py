@@ -6,7 +6,8 @@
 
 Streams the ILIAS webdataset shards (`--source hf`, default) or reads them from --data_path
 (`--source local`; also the official ilias_core/ folders), decodes and preprocesses in DataLoader
-workers (shorter side to --resolution, centre crop; queries cropped to their box by default) and
+workers (as the official ILIAS extraction: the larger side to --resolution, zero padding to the
+patch size, whole query images; images of one shape batched together) and
 writes, per input shard, <output_dir>/<split>/<shard>.npy (L2-normalised float32) with its keys,
 then <output_dir>/<split>/manifest.json. A rerun skips finished shards; under torchrun the shards
 are split across ranks and the outputs equal a single-process run. Next: topk_candidates_ilias.py.
@@ -31,8 +32,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=[*SPLITS, "all"], default="all")
     parser.add_argument("--model", default="facebook/dinov2-small",
                         help="DINOv2 hub id (any size) or local folder")
-    parser.add_argument("--resolution", type=int, default=518, help="shorter side, then centre crop")
-    parser.add_argument("--query_crop", choices=["bbox", "none"], default="bbox")
+    parser.add_argument("--resolution", type=int, default=724,
+                        help="large_side: the larger side (724: ILIAS's DINOv2 runs); short_side_crop: the crop side")
+    parser.add_argument("--preprocess", choices=dinov2.PREPROCESSING, default="large_side",
+                        help="large_side: aspect kept, zero padding to the patch size (official); "
+                             "short_side_crop: shorter side resized, centre square crop")
+    parser.add_argument("--query_crop", choices=["none", "box"], default="none",
+                        help="none: the whole query image (official); box: the query cropped to its box")
     parser.add_argument("--max_distractors", type=int, default=None, help="use only the first N")
     parser.add_argument("--skip_corrupt", action="store_true",
                         help="give undecodable images no feature (counted) instead of stopping")
@@ -50,13 +56,14 @@ def extract_shards(args, model, split: str, shards: list[str], split_dir: Path, 
     todo = [s for s in shards if finished_shard(split_dir, s, settings) is None]
     if not todo:
         return
+    patch_size = model.config.patch_size
     stream = ShardBatches([(s, shard_location(args, split, s)) for s in todo], split,
-                          lambda image: dinov2.preprocess(image, args.resolution), args.batch_size,
-                          crop_to_box=split == "queries" and args.query_crop == "bbox",
+                          lambda image: dinov2.preprocess(image, args.resolution, args.preprocess, patch_size),
+                          args.batch_size, crop_to_box=split == "queries" and args.query_crop == "box",
                           max_images=max_images)
     # a worker reads whole shards: more workers than shards would idle
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(args.num_workers, len(todo)))
-    pending = {s: {"features": [], "keys": [], "boxes": [], "corrupt": []} for s in todo}
+    pending = {s: {"positions": [], "features": [], "keys": [], "boxes": [], "corrupt": []} for s in todo}
     with progress(desc=f"{split} (rank {rank})", unit="img") as bar:
         for batch in loader:
             consume(args, model, split, batch, pending, split_dir, settings, bar)
@@ -73,17 +80,17 @@ def consume(args, model, split: str, batch: dict, pending: dict, split_dir: Path
                         "pass --skip_corrupt to leave it without a feature (counted)")
     acc = pending[shard]
     if batch["pixels"] is not None:
-        acc["features"].append(dinov2.embed(model, batch["pixels"]).numpy())
-    acc["keys"] += batch["keys"]
-    acc["boxes"] += batch["boxes"]
-    acc["corrupt"] += batch["corrupt"]
+        acc["features"] += list(dinov2.embed(model, batch["pixels"]).numpy())
+    for field in ("positions", "keys", "boxes", "corrupt"):
+        acc[field] += batch[field]
     bar.update(len(batch["keys"]) + len(batch["corrupt"]))
-    if batch["last"]:
-        empty = np.zeros((0, model.config.hidden_size), np.float32)
-        features = np.concatenate(acc["features"]) if acc["features"] else empty
-        record = {**settings, "keys": acc["keys"], "corrupt": acc["corrupt"]}
+    if batch["last"]:  # batches come grouped by image shape: back to the shard's order
+        order = np.argsort(acc["positions"], kind="stable")
+        features = np.stack([acc["features"][i] for i in order]) if len(order) else \
+            np.zeros((0, model.config.hidden_size), np.float32)
+        record = {**settings, "keys": [acc["keys"][i] for i in order], "corrupt": acc["corrupt"]}
         if split == "queries":
-            record["boxes"] = acc["boxes"]
+            record["boxes"] = [acc["boxes"][i] for i in order]
         write_shard(split_dir, shard, features, record)
         del pending[shard]
 
@@ -91,7 +98,7 @@ def consume(args, model, split: str, batch: dict, pending: dict, split_dir: Path
 def run_split(args, model, split: str, rank: int, world: int) -> dict:
     shards = getattr(args, f"{split}_shards")
     split_dir = Path(args.output_dir) / split
-    settings = {"model": args.model, "resolution": args.resolution,
+    settings = {"model": args.model, "resolution": args.resolution, "preprocess": args.preprocess,
                 "query_crop": args.query_crop if split == "queries" else "none"}
     max_images = args.max_distractors if split == "distractors" else None
     # with --max_distractors, shards go in waves (one per decoding worker of every rank), in

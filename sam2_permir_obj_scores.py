@@ -24,7 +24,7 @@ from utils.errors import CliParser, UserError, run_cli
 from utils.io import pack_masks, save_npy, save_png, save_pt, unpack_masks
 from utils.loaders.common import open_image
 from utils.loaders.permirs import load_permirs_videos, permir_split
-from utils.metrics import ranking, retrieval_metrics
+from utils.metrics import retrieval_metrics, sort_by_score
 from utils.pseudo_video import SCORES, PseudoVideo
 from utils.sam2_model import add_sam2_args, build_sam2_model, resolve_device
 from utils.vis import ranking_strip, with_mask_outline
@@ -118,7 +118,7 @@ def dinov2_scores(args, data: dict, device) -> np.ndarray:
 
 def visualize(output_dir: Path, data: dict, scores: np.ndarray, positives: np.ndarray, count: int):
     masks = unpack_masks(data["query_masks"])
-    for q, order in enumerate(ranking(scores)[:count]):
+    for q, order in enumerate(sort_by_score(scores)[:count]):
         top = order[:TOP_SHOWN]
         strip = ranking_strip(with_mask_outline(open_image(data["query_paths"][q]), masks[q]),
                               [open_image(data["gallery_paths"][j]) for j in top], positives[q, top].tolist())

@@ -22,8 +22,8 @@ from utils.io import save_png
 from utils.loaders.common import open_image
 from utils.loaders.perseg import load_perseg
 from utils.loaders.permirs import load_permirs_videos, permis_episodes
-from utils.metrics import (boundary_intersection_union, global_iou, intersection_union, perseg_miou,
-                           ratio)
+from utils.metrics import (boundary_intersection_union, global_iou, intersection_union, pdm_crop,
+                           perseg_miou, ratio)
 from utils.pseudo_video import PseudoVideo
 from utils.sam2_model import add_sam2_args, build_sam2_model, resolve_device
 from utils.vis import overlay
@@ -48,11 +48,22 @@ def load_episodes(args):
     return permis_episodes(load_permirs_videos(data_path(args)), args.shots)
 
 
+def evaluate(pred: np.ndarray, sample) -> np.ndarray:
+    """[intersection, union, boundary intersection, boundary union] where the protocol measures
+    (PerMIS: PDM's 512 x 512 crop of the target, the same box for prediction and ground truth;
+    PerSeg: the whole image), then [intersection, union] on the whole image, and 1 (a target)."""
+    gt = sample.load_mask()
+    full = intersection_union(pred, gt)
+    if sample.eval_box is not None:
+        pred, gt = pdm_crop(pred, sample.eval_box), pdm_crop(gt, sample.eval_box)
+    return np.array([*intersection_union(pred, gt), *boundary_intersection_union(pred, gt), *full, 1])
+
+
 def segment(args, engine: PseudoVideo, episodes) -> dict:
-    """Segment every target; returns per object [intersection, union, boundary intersection,
-    boundary union, targets], and writes masks and overlays if asked."""
+    """Segment every target; returns per object the sums of `evaluate`, and writes masks and
+    overlays if asked."""
     output_dir = Path(args.output_dir)
-    counts = {episode.name: np.zeros(5, np.int64) for episode in episodes}
+    counts = {episode.name: np.zeros(7, np.int64) for episode in episodes}
     with progress(total=sum(len(e.targets) for e in episodes), desc="targets", unit="img") as bar:
         for episode in episodes:
             frames = [engine.prepare(open_image(s.image_path)) for s in episode.references]
@@ -61,14 +72,13 @@ def segment(args, engine: PseudoVideo, episodes) -> dict:
                 images = [open_image(s.image_path) for s in batch]
                 predicted = engine.score_targets(reference, [engine.prepare(image) for image in images])
                 for sample, image, logits in zip(batch, images, predicted.mask_logits):
-                    pred, gt = logits.numpy() > 0, sample.load_mask()
-                    counts[episode.name] += [*intersection_union(pred, gt),
-                                             *boundary_intersection_union(pred, gt), 1]
+                    pred = logits.numpy() > 0
+                    counts[episode.name] += evaluate(pred, sample)
                     name = f"{episode.name}/{sample.image_path.stem}.png"
                     if args.save_masks:
                         save_png(output_dir / "masks" / name, pred.astype(np.uint8) * 255)
                     if args.visualize:
-                        save_png(output_dir / "vis" / name, overlay(image, pred, gt))
+                        save_png(output_dir / "vis" / name, overlay(image, pred, sample.load_mask()))
                 bar.update(len(batch))
     return counts
 
@@ -85,22 +95,24 @@ def main(args) -> dict:
     boundary_counts = {name: (c[2], c[3]) for name, c in counts.items()}
     aggregate = perseg_miou if args.dataset_file == "perseg" else global_iou
     per_object = {name: {"iou": 100 * ratio(c[0], c[1]), "biou": 100 * ratio(c[2], c[3]),
-                        "targets": int(c[4])}
+                         "targets": int(c[6])}
                   for name, c in counts.items()}
     metrics = {
         "dataset": args.dataset_file,
         "miou": 100 * aggregate(mask_counts),
         "biou": 100 * aggregate(boundary_counts),
         "per_object": per_object,
-        "targets": int(sum(c[4] for c in counts.values())),
+        "targets": int(sum(c[6] for c in counts.values())),
         "skipped_targets": skipped,
         "shots": args.shots,
     }
+    if args.dataset_file == "permis":  # not the protocol's number: IoU on the whole frames
+        metrics["miou_full_frame"] = 100 * aggregate({name: (c[4], c[5]) for name, c in counts.items()})
     rows = [[name, m["targets"], m["iou"], m["biou"]] for name, m in per_object.items()]
     rows.append([f"{args.dataset_file} (all)", metrics["targets"], metrics["miou"], metrics["biou"]])
     table = format_table(["object", "targets", "IoU", "bIoU"], rows)
     if skipped:
-        table += f"\nskipped {skipped} targets whose mask covers under 0.5% of the image (protocol)"
+        table += f"\nskipped {skipped} targets whose mask covers under 0.5% of PDM's crop (protocol)"
     return finish(args.output_dir, metrics, table)
 
 

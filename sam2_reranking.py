@@ -26,8 +26,7 @@ from utils.dist import barrier, init_distributed, sum_across_ranks
 from utils.errors import CliParser, UserError, run_cli
 from utils.feature_store import load_topk, shard_record
 from utils.io import save_json, save_npy, save_png
-from utils.loaders.common import open_image
-from utils.loaders.ilias import image_file, object_id, union_box
+from utils.loaders.ilias import image_file, object_id, open_extracted, union_box
 from utils.metrics import ilias_metrics
 from utils.pseudo_video import SCORES, PseudoVideo
 from utils.sam2_model import add_sam2_args, build_sam2_model, load_head, resolve_device
@@ -64,7 +63,8 @@ def load_inputs(args) -> dict:
                for split, manifest in topk["manifests"].items()}
     keys = {split: [key for record in split_records for key in record["keys"]]
             for split, split_records in records.items()}
-    return {"topk": topk["indices"], "meta": topk["meta"], "query_keys": keys["queries"], "db_keys": keys["db"],
+    return {"topk": topk["indices"], "topk_scores": topk["scores"], "meta": topk["meta"],
+            "query_keys": keys["queries"], "db_keys": keys["db"],
             "database_keys": keys["db"] + keys.get("distractors", []),
             "boxes": [box for record in records["queries"] for box in record["boxes"]]}
 
@@ -101,9 +101,9 @@ class QueryMemories:
     def __getitem__(self, q: int):
         if q not in self.memories:
             key = self.data["query_keys"][q]
-            image = open_image(image_file(self.images_dir, key))
+            image = open_extracted(self.images_dir, key, "queries")
             frame = self.engine.prepare(image, image_id=f"query:{key}")
-            x1, y1, x2, y2 = union_box(self.data["boxes"][q])
+            x1, y1, x2, y2 = union_box(self.data["boxes"][q], image.width, image.height)
             if self.prompt == "box":
                 self.memories[q] = self.engine.encode_reference([frame], boxes=[[x1, y1, x2, y2]])
             else:
@@ -124,8 +124,8 @@ def score_chunk(args, engine: PseudoVideo, memories: QueryMemories, data: dict, 
     for p, candidate in enumerate(topk[rows, cols]):
         by_candidate.setdefault(int(candidate), []).append(p)
     for group in batched(list(candidates), args.batch_size):
-        frames = {int(c): engine.prepare(open_image(image_file(Path(args.images_dir), data["database_keys"][c])),
-                                         image_id=f"db:{c}") for c in group}
+        frames = {int(c): engine.prepare(open_candidate(Path(args.images_dir), data, c), image_id=f"db:{c}")
+                  for c in group}
         pairs = [p for c in group for p in by_candidate[int(c)]]
         for batch in batched(pairs, args.batch_size):
             predicted = engine.score_pairs([memories[rows[p]] for p in batch],
@@ -133,6 +133,22 @@ def score_chunk(args, engine: PseudoVideo, memories: QueryMemories, data: dict, 
             scores[batch] = predicted.score(args.score).numpy()
         engine.forget([f"db:{c}" for c in group])
     return scores
+
+
+def open_candidate(images_dir: Path, data: dict, index: int):
+    """A database image by global index: ILIAS-core db images first, then distractors."""
+    split = "db" if index < len(data["db_keys"]) else "distractors"
+    return open_extracted(images_dir, data["database_keys"][index], split)
+
+
+def list_scores(reranked_scores: np.ndarray, topk_scores: np.ndarray) -> np.ndarray:
+    """Scores that order the final lists as they are: the SAM2 scores of the re-ranked top-k,
+    lifted above every first-stage score, then the first-stage scores of ranks k+1..K (float64:
+    the lift is exact, so no two different scores become equal)."""
+    k = reranked_scores.shape[1]
+    top, rest = reranked_scores.astype(np.float64), topk_scores[:, k:].astype(np.float64)
+    lift = (rest.max() - top.min() + 1.0) if rest.size else 0.0
+    return np.concatenate([top + lift, rest], axis=1)
 
 
 def merge(args, parts_dir: Path, topk: np.ndarray, chunks: list[np.ndarray]):
@@ -151,12 +167,13 @@ def visualize(args, data: dict, first: np.ndarray, reranked: np.ndarray) -> None
     images_dir, output_dir = Path(args.images_dir), Path(args.output_dir)
     db_objects = [object_id(k) for k in data["db_keys"]]
     for q in range(min(args.visualize, len(first))):
-        query = with_box(open_image(image_file(images_dir, data["query_keys"][q])), union_box(data["boxes"][q]))
+        image = open_extracted(images_dir, data["query_keys"][q], "queries")
+        query = with_box(image, union_box(data["boxes"][q], image.width, image.height))
         obj = object_id(data["query_keys"][q])
         rows = []
         shown = min(SHOWN, args.k)  # ranks past k may be distractors that were not extracted
         for ranking in (first[q, :shown], reranked[q, :shown]):
-            results = [open_image(image_file(images_dir, data["database_keys"][i])) for i in ranking]
+            results = [open_candidate(images_dir, data, i) for i in ranking]
             positives = [i < len(db_objects) and db_objects[i] == obj for i in ranking]
             rows.append(ranking_strip(query, results, positives))
         save_png(output_dir / "vis" / f"query_{q:04d}.png", stack_rows(rows))
@@ -198,8 +215,10 @@ def main(args) -> dict:
     save_npy(output_dir / "reranked_scores.npy", reranked_scores)
     query_objects = [object_id(k) for k in data["query_keys"]]
     db_objects = [object_id(k) for k in data["db_keys"]]
-    metrics = {name: ilias_metrics(query_objects, db_objects, ranking, map_ks=(1000, 100), recall_ks=RECALL_KS)
-               for name, ranking in (("first_stage", topk), ("reranked", reranked))}
+    final_scores = list_scores(reranked_scores, data["topk_scores"])
+    metrics = {name: ilias_metrics(query_objects, db_objects, ranked, scores, map_ks=(1000, 100), recall_ks=RECALL_KS)
+               for name, ranked, scores in (("first_stage", topk, data["topk_scores"]),
+                                            ("reranked", reranked, final_scores))}
     metrics.update({"k": args.k, "score": args.score, "encoder_passes": passes,
                     "distinct_images": len(data["query_keys"]) + len(candidates)})
     if args.visualize:

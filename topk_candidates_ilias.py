@@ -41,11 +41,11 @@ def load_manifests(features_dir: Path, skip_distractors: bool) -> dict:
         manifests["distractors"] = read_manifest(features_dir / "distractors")
     reference = manifests["queries"]
     for split, manifest in manifests.items():
-        for setting in ("model", "resolution"):
+        for setting in ("model", "resolution", "preprocess"):
             if manifest[setting] != reference[setting]:
                 raise UserError(f"{split} features use {setting}={manifest[setting]!r} but queries use "
                                 f"{reference[setting]!r}", str(features_dir / split / "manifest.json"),
-                                "extract every split with the same --model and --resolution")
+                                "extract every split with the same --model, --resolution and --preprocess")
     return manifests
 
 
@@ -83,7 +83,7 @@ def main(args) -> dict:
 
     db_keys = [key for e in manifests["db"]["shards"] for key in shard_keys(features_dir / "db", e)]
     metrics = ilias_metrics([object_id(k) for k in query_keys], [object_id(k) for k in db_keys], indices,
-                            recall_ks=RECALL_KS)
+                            scores, recall_ks=RECALL_KS)
     rows = [["DINOv2 (stage 1)", *metrics.values()]]
     table = format_table(["ILIAS", "mAP@1k", *(f"R@{r}" for r in RECALL_KS)], rows)
     table += f"\n{meta['queries']} queries, {meta['db']} db + {meta['distractors']} distractor images, top-{args.k}"

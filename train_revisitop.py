@@ -25,7 +25,7 @@ from utils.io import save_pt
 from utils.loaders.common import open_image
 from utils.loaders.revisitop import NAMES, load_revisitop
 from utils.loaders.uned import DOMAINS, load_uned
-from utils.metrics import compute_map, revisitop_protocol
+from utils.metrics import revisitop_map, revisitop_protocol
 from utils.pseudo_video import SCORES, PseudoVideo
 from utils.sam2_model import (add_sam2_args, architecture_signature, build_sam2_model, head_tensors,
                               resolve_device)
@@ -68,28 +68,26 @@ def load_data(args):
 
 
 class PairScorer:
-    """SAM2 scores of (anchor, target) items: the anchor prompted with its whole (cropped) image.
-    Each call encodes each of its images once and builds each anchor's memory once, then scores
-    the pairs `batch_size` at a time."""
+    """SAM2 scores of (anchor, target) items: the anchor prompted with its box (revisitop queries,
+    as ILIAS queries are at inference), else with its whole image. Each call encodes each of its
+    images once and builds each anchor's memory once, then scores the pairs `batch_size` at a time."""
 
     def __init__(self, engine: PseudoVideo, data, score: str, batch_size: int):
         self.engine, self.data, self.score, self.batch_size = engine, data, score, batch_size
 
     def frame(self, index: int):
         item = self.data.items[index]
-        image = open_image(item.path)
-        if item.crop is not None:
-            image = image.crop(tuple(int(round(v)) for v in item.crop))
-        return self.engine.prepare(image, image_id=item.key)
+        return self.engine.prepare(open_image(item.path), image_id=str(item.path))
 
     def __call__(self, pairs: list[tuple[int, int]], grad: bool = False) -> torch.Tensor:
         frames = {i: self.frame(i) for i in sorted({i for pair in pairs for i in pair})}
-        references = {a: self.engine.encode_reference([frames[a]], boxes=[[0, 0, frames[a].width, frames[a].height]])
+        references = {a: self.engine.encode_reference([frames[a]], boxes=[self.data.items[a].box or
+                                                                          (0, 0, frames[a].width, frames[a].height)])
                       for a in sorted({a for a, _ in pairs})}
         scores = torch.cat([self.engine.score_pairs([references[a] for a, _ in chunk], [frames[t] for _, t in chunk],
                                                     with_masks=False, grad=grad).score(self.score)
                             for chunk in batched(pairs, self.batch_size)])
-        self.engine.forget([self.data.items[i].key for i in frames])
+        self.engine.forget([str(self.data.items[i].path) for i in frames])
         return scores
 
 
@@ -109,7 +107,7 @@ def validation_sets(args, data, sampler: TripletSampler):
     tasks = []
     for anchor in anchors:
         truth = data.query_truth.get(anchor)
-        positives = truth["easy"] + truth["hard"] if truth else sampler.valid_positives(anchor)[:args.val_negatives]
+        positives = truth["easy"] + truth["hard"] if truth else sampler.valid_positives(anchor)
         negatives = sampler.sample_negatives(rng, anchor, args.val_negatives)
         candidates = positives + [n for n in negatives if n not in positives]
         if truth:
@@ -140,7 +138,7 @@ def validate(args, scorer: PairScorer, triplets, tasks) -> dict:
     for protocol in rankings:
         width = max(len(r) for r in rankings[protocol])
         padded = np.array([np.r_[r, np.full(width - len(r), -1)] for r in rankings[protocol]])
-        results[f"map_{protocol}"] = 100 * compute_map(padded, ground_truths[protocol])[0]
+        results[f"map_{protocol}"] = 100 * revisitop_map(padded, ground_truths[protocol])[0]
     results["map"] = results.get("map_medium", results.get("map_all"))
     return results
 
@@ -159,8 +157,10 @@ def save_checkpoints(output_dir: Path, record: dict, history: list, optimizer) -
 
 
 def write_heads(output_dir: Path, record: dict, history: list) -> None:
+    """head_epoch<N>.pt and head_last.pt; with validation, head_best.pt if the best so far."""
     save_pt(output_dir / f"head_epoch{record['epoch']}.pt", record)
-    if record["val"]["map"] >= max(h["map"] for h in history):
+    save_pt(output_dir / "head_last.pt", record)
+    if "map" in record["val"] and record["val"]["map"] >= max(h["map"] for h in history):
         save_pt(output_dir / "head_best.pt", record)
 
 
@@ -184,11 +184,14 @@ def main(args) -> dict:
         check_positive(value, flag)
     set_seed(args.seed)
     data = load_data(args)
+    if not 0 <= args.val_fraction < 1:
+        raise UserError("--val_fraction must be in [0, 1)", f"--val_fraction {args.val_fraction}",
+                        "pass 0 (train on every class, no validation) or a share such as 0.2")
     train_classes, val_classes = split_classes(data, args.val_fraction, args.seed)
     train, val = TripletSampler(data, train_classes), TripletSampler(data, val_classes)
-    if not train.anchors or not val.anchors:
+    if not train.anchors or (args.val_fraction > 0 and not val.anchors):
         raise UserError("too few classes with two or more members to train and validate", "--dataset_file",
-                        "use more data or change --val_fraction")
+                        "use more data, or --val_fraction 0 to train on every class")
     print(f"{len(train_classes)} training classes ({len(train.anchors)} anchors), {len(val_classes)} held out "
           f"({len(val.anchors)} anchors); skipped {train.dropped + val.dropped} anchors whose class has no "
           f"other member")
@@ -201,7 +204,7 @@ def main(args) -> dict:
     optimizer = torch.optim.AdamW(list(head.values()), lr=args.lr, weight_decay=args.weight_decay)
     first_epoch, history = resume_state(args, model, optimizer) if args.resume else (1, [])
     scorer = PairScorer(PseudoVideo(model, amp=args.amp), data, args.score, args.batch_size)
-    val_triplets, val_tasks = validation_sets(args, data, val)
+    val_triplets, val_tasks = validation_sets(args, data, val) if val.anchors else ([], [])
     output_dir = Path(args.output_dir)
 
     for epoch in range(first_epoch, args.epochs + 1):
@@ -214,13 +217,18 @@ def main(args) -> dict:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        results = {"epoch": epoch, "loss": float(np.mean(losses)), **validate(args, scorer, val_triplets, val_tasks)}
+        results = {"epoch": epoch, "loss": float(np.mean(losses))}
+        if val.anchors:
+            results.update(validate(args, scorer, val_triplets, val_tasks))
         history.append(results)
         save_checkpoints(output_dir, head_record(args, model, epoch, results), history, optimizer)
 
-    best = max(history, key=lambda h: h["map"])
     columns = [c for c in history[0] if c != "epoch"]
     table = format_table(["epoch", *columns], [[h["epoch"], *(h[c] for c in columns)] for h in history])
+    if not val.anchors:
+        table += f"\nno validation (--val_fraction 0): the last head -> {output_dir / 'head_last.pt'}"
+        return finish(output_dir, {"history": history}, table)
+    best = max(history, key=lambda h: h["map"])
     table += f"\nbest epoch {best['epoch']} (held-out mAP {best['map']:.2f}) -> {output_dir / 'head_best.pt'}"
     return finish(output_dir, {"history": history, "best_epoch": best["epoch"], "best": best}, table)
 

@@ -71,15 +71,22 @@ def extract(root, info, tiny_dinov2, output_dir, *extra, **shards):
     return features_script.main(features_script.get_args_parser().parse_args(argv))
 
 
-def ilias_map_by_definition(indices, query_keys, db_keys, k=1000):
+def official_ilias_ap(hits, scores, num_positives, k=1000):
+    """ILIAS `evaluation/src/dataset.py` `_compute_AP`, restated: the list sorted by score and cut
+    at k; scikit-learn's AP of (hits, scores) there, times hits / min(k, positives)."""
+    from sklearn.metrics import average_precision_score
+
+    order = np.argsort(-np.asarray(scores), kind="stable")[:k]
+    y_true, y_score = np.asarray(hits)[order], np.asarray(scores)[order]
+    if not y_true.any():
+        return 0.0
+    return average_precision_score(y_true, y_score) * y_true.sum() / min(k, num_positives)
+
+
+def ilias_map_by_definition(indices, scores, query_keys, db_keys, k=1000):
     aps = []
-    for row, qkey in zip(indices, query_keys):
+    for row, row_scores, qkey in zip(indices, scores, query_keys):
         obj = qkey.split("/")[0]
         positives = {i for i, key in enumerate(db_keys) if key.split("/")[0] == obj}
-        hits, precision_sum = 0, 0.0
-        for rank, index in enumerate(row[:k], start=1):
-            if index in positives:
-                hits += 1
-                precision_sum += hits / rank
-        aps.append(precision_sum / min(k, len(positives)))
+        aps.append(official_ilias_ap([i in positives for i in row], row_scores, len(positives), k))
     return 100 * np.mean(aps)

@@ -84,8 +84,8 @@ def test_masks_pack_roundtrip():
     assert all(np.array_equal(a, b) for a, b in zip(masks, back))
 
 
-def test_compute_map_protocols_by_hand():
-    from utils.metrics import compute_map, revisitop_protocol
+def test_revisitop_map_protocols_by_hand():
+    from utils.metrics import revisitop_map as compute_map, revisitop_protocol
     # database 0..5, ranked 3 0 5 1 4 2 for one query; easy {0, 4}, hard {1}, junk {5}
     ranks = np.array([[3, 0, 5, 1, 4, 2]])
     easy, hard, junk = [0, 4], [1], [5]
@@ -103,3 +103,48 @@ def test_compute_map_protocols_by_hand():
     both, aps = compute_map(np.vstack([ranks, ranks]), [revisitop_protocol(easy, hard, junk, "hard"),
                                                         {"ok": [], "junk": []}])
     assert both == pytest.approx(hard_map) and np.isnan(aps[1])
+
+
+def test_pdm_crop_box_by_hand():
+    from utils.metrics import pdm_crop_box
+    frame = np.zeros((720, 1280), bool)  # 16:9: the square is 720 wide, centred at x 280..1000
+    assert pdm_crop_box(frame) == (280.0, 0.0, 1000.0, 720.0)  # empty mask: the centred square
+    left = frame.copy()
+    left[300:400, 10:110] = True  # x-range [10, 110): the square shifts left to start at 10
+    assert pdm_crop_box(left) == (10, 0.0, 730.0, 720.0)
+    right = frame.copy()
+    right[300:400, 1200:1270] = True  # ends at 1270: shifted right
+    assert pdm_crop_box(right) == (550.0, 0.0, 1270, 720.0)
+    wide = frame.copy()
+    wide[300:400, 100:1200] = True  # wider than the square: PDM shifts left, then right
+    assert pdm_crop_box(wide) == (100 + (1200 - 820), 0.0, 1200, 720.0)
+    odd = np.zeros((101, 150), bool)  # half-pixel edges, as PDM's float offsets (PIL rounds them)
+    assert pdm_crop_box(odd) == (24.5, 0.0, 125.5, 101.0)
+
+
+def test_pdm_crop_fraction_is_measured_on_the_square():
+    from utils.metrics import PDM_MIN_CROP_FRACTION, pdm_crop, pdm_crop_box, pdm_crop_fraction
+    frame = np.zeros((720, 1280), bool)
+    frame[300:350, 400:456] = True  # 2,800 pixels: 0.30% of the frame, 0.54% of the 720 square
+    assert frame.mean() < PDM_MIN_CROP_FRACTION < pdm_crop_fraction(frame)
+    assert pdm_crop_fraction(frame) == pytest.approx(2800 / 720 ** 2, rel=0.02)
+    crop = pdm_crop(frame, pdm_crop_box(frame))
+    assert crop.shape == (512, 512) and crop.dtype == bool
+    ys, xs = np.nonzero(crop)  # the object lands where the square puts it: x 120..176 of 720
+    assert xs.min() == pytest.approx(120 * 512 / 720, abs=1) and xs.max() + 1 == pytest.approx(176 * 512 / 720, abs=1)
+
+
+def test_ilias_ap_groups_tied_scores_as_the_official_code():
+    from ilias_data import official_ilias_ap
+    from utils.metrics import ilias_average_precision
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        hits = rng.random(40) < 0.3
+        hits[rng.integers(40)] = True
+        scores = -np.sort(-rng.integers(0, 5, 40).astype(np.float64))  # ranked: heavy ties
+        num_positives, k = int(hits.sum()) + int(rng.integers(0, 3)), int(rng.choice([10, 40, 1000]))
+        assert ilias_average_precision(hits, scores, num_positives, k) == pytest.approx(
+            official_ilias_ap(hits, scores, num_positives, k), abs=1e-12)
+    # one tie of a hit ranked first and a miss: grouped, the hit is at precision 1/2, not 1
+    assert ilias_average_precision(np.array([True, False]), np.array([0.7, 0.7]), 1) == 0.5
+    assert ilias_average_precision(np.array([True, False]), np.array([0.8, 0.7]), 1) == 1.0

@@ -18,15 +18,24 @@ HEIGHT, WIDTH = 96, 128  # not square, so the resize to the model's input matter
 BOXES = [[30, 20, 90, 60], [10, 12, 70, 80]]
 
 
-@pytest.fixture(scope="module")
-def models():
-    """The official predictor and our model, the same random weights."""
+SAM2_0_CFG = "configs/sam2/sam2_hiera_t.yaml"  # SAM 2.0: other object-pointer settings
+
+
+def official_and_ours(cfg=TINY_CFG, objects_present=True):
+    """The official predictor and our model, the same random weights. Random weights score every
+    object as absent; `objects_present` lifts the object-score head so that masks appear."""
     torch.manual_seed(0)
-    official = build_sam2_video_predictor(TINY_CFG, device="cpu", hydra_overrides_extra=TINY_OVERRIDES)
-    official.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data += 3.0  # objects present
-    ours = build_sam2_model(TINY_CFG, None, overrides=TINY_OVERRIDES)
+    official = build_sam2_video_predictor(cfg, device="cpu", hydra_overrides_extra=TINY_OVERRIDES)
+    if objects_present:
+        official.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data += 3.0
+    ours = build_sam2_model(cfg, None, overrides=TINY_OVERRIDES)
     ours.load_state_dict(official.state_dict())
     return official, ours
+
+
+@pytest.fixture(scope="module")
+def models():
+    return official_and_ours()
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +55,7 @@ def run_official(predictor, frames_dir, order, prompts, kind, tmp_path):
     """Frames `order` as a video; prompts on all but the last; returns the last frame's
     video-resolution mask logits, and the IoUs and object-score logit of its decoder call."""
     video = tmp_path / "video"
+    shutil.rmtree(video, ignore_errors=True)
     video.mkdir()
     for j, i in enumerate(order):
         shutil.copy(frames_dir / f"{i}.jpg", video / f"{j}.jpg")
@@ -105,6 +115,75 @@ def test_matches_official_video_predictor(models, frames_dir, case, tmp_path):
     torch.testing.assert_close(got.ious, want_ious, atol=1e-6, rtol=0)
     assert got.ious.shape == (1, 3)  # sam2.1 predicts 3 masks on tracking frames
     torch.testing.assert_close(got.iou, want_ious.max(dim=1).values, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.object_score_logit, want_object, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def mixed_sizes_dir(tmp_path_factory):
+    """A landscape reference (0.jpg) and a portrait target (1.jpg) of other sizes, with masks."""
+    folder = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(4)
+    obj, masks = render_object(6), []
+    for i, (height, width) in enumerate([(HEIGHT, WIDTH), (140, 100)]):
+        image, mask = render_scene(rng, obj, height, width, scale=0.5)
+        write_jpeg(folder / f"{i}.jpg", image)
+        masks.append(mask)
+    return folder, masks
+
+
+def test_mask_prompt_on_frames_of_different_sizes(models, mixed_sizes_dir, tmp_path):
+    """The official predictor takes every frame at its own size; its output is at the last
+    frame's, which is the target's: the mask-prompted pseudo-video matches it."""
+    official, ours = models
+    folder, masks = mixed_sizes_dir
+    want_logits, want_ious, want_object = run_official(official, folder, [0, 1], [masks[0]], "mask", tmp_path)
+    got = run_engine(ours, folder, [0, 1], [masks[0]], "mask")
+    assert got.mask_logits[0].shape == want_logits.shape == (140, 100)
+    torch.testing.assert_close(got.mask_logits[0], want_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.ious, want_ious, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.object_score_logit, want_object, atol=1e-5, rtol=0)
+
+
+def test_box_prompt_is_scaled_by_the_reference_size(models, mixed_sizes_dir, tmp_path):
+    """The official predictor scales every box by the video size, which is the last frame's (the
+    target's); the engine scales a reference's box by the reference's own size. They agree when
+    the official predictor gets the box in target-size coordinates, and not otherwise."""
+    official, ours = models
+    folder, _ = mixed_sizes_dir
+    box = np.array(BOXES[0], np.float32)
+    as_target = box / np.array([WIDTH, HEIGHT] * 2) * np.array([100, 140] * 2)
+    want_logits, want_ious, _ = run_official(official, folder, [0, 1], [as_target], "box", tmp_path)
+    got = run_engine(ours, folder, [0, 1], [box.tolist()], "box")
+    torch.testing.assert_close(got.mask_logits[0], want_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.ious, want_ious, atol=1e-6, rtol=0)
+    unscaled, _, _ = run_official(official, folder, [0, 1], [box], "box", tmp_path)
+    assert (got.mask_logits[0] - unscaled).abs().max() > 1e-3
+
+
+def test_absent_object_matches_official(frames_dir, tmp_path):
+    """A target scored "object absent" (negative object-score logit): sam2 blanks its mask."""
+    official, ours = official_and_ours(objects_present=False)
+    folder, masks = frames_dir
+    want_logits, want_ious, want_object = run_official(official, folder, [0, 1], [masks[0]], "mask", tmp_path)
+    got = run_engine(ours, folder, [0, 1], [masks[0]], "mask")
+    assert want_object.item() < 0 and got.object_score_logit.item() < 0
+    assert not (want_logits > 0).any() and not (got.mask_logits[0] > 0).any()
+    torch.testing.assert_close(got.mask_logits[0], want_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.ious, want_ious, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.object_score_logit, want_object, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["mask", "box"])
+def test_sam2_0_config_matches_official(frames_dir, kind, tmp_path):
+    official, ours = official_and_ours(SAM2_0_CFG)
+    folder, masks = frames_dir
+    order = [0, 2, 1]
+    prompts = [masks[i] for i in order[:-1]] if kind == "mask" else BOXES
+    want_logits, want_ious, want_object = run_official(official, folder, order, prompts, kind, tmp_path)
+    got = run_engine(ours, folder, order, prompts, kind)
+    assert (want_logits > 0).any()
+    torch.testing.assert_close(got.mask_logits[0], want_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.ious, want_ious, atol=1e-6, rtol=0)
     torch.testing.assert_close(got.object_score_logit, want_object, atol=1e-5, rtol=0)
 
 

@@ -10,7 +10,7 @@ import sam2_permis
 from conftest import run_script, write_permirs
 from utils.errors import run_cli
 from utils.loaders.common import read_mask
-from utils.metrics import boundary_intersection_union, intersection_union, ratio
+from utils.metrics import boundary_intersection_union, intersection_union, pdm_crop_box, ratio
 from utils.synthetic import write_perseg
 
 
@@ -64,14 +64,19 @@ def test_permis_end_to_end(tiny_sam2, permirs_root, tmp_path, capsys):
     metrics = run_main(["--dataset_file", "permis", "--save_masks", *args_for(tiny_sam2, permirs_root, out)])
     assert "skipped 1 targets" in capsys.readouterr().out
     assert metrics["skipped_targets"] == 1 and metrics["targets"] == 2  # video_2's target is tiny
-    pairs = []
+    inter = union = full_inter = full_union = 0
     for video in ("video_0", "video_1"):
-        masks = np.load(permirs_root / video / "masks.npz.npy", allow_pickle=True)
-        pairs.append((video, "1", next(iter(masks[1].values()))))
-    counts = counts_from_saved_masks(out, pairs)
-    total = sum(counts.values())
-    assert metrics["miou"] == pytest.approx(100 * total[0] / total[1], abs=1e-9)  # global, not mean
-    assert metrics["biou"] == pytest.approx(100 * total[2] / total[3], abs=1e-9)
+        gt = next(iter(np.load(permirs_root / video / "masks.npz.npy", allow_pickle=True)[1].values()))
+        pred = np.asarray(Image.open(out / "masks" / video / "1.png")) > 0
+        # PDM measures both on the 512 x 512 crop of the ground truth's square (same offsets)
+        box = pdm_crop_box(gt)
+        crops = [np.asarray(Image.fromarray(m.astype(np.uint8)).crop(box).resize((512, 512))) > 0 for m in (pred, gt)]
+        i, u = intersection_union(*crops)
+        inter, union = inter + i, union + u
+        i, u = intersection_union(pred, gt)
+        full_inter, full_union = full_inter + i, full_union + u
+    assert metrics["miou"] == pytest.approx(100 * inter / union, abs=1e-9)  # global, not a mean
+    assert metrics["miou_full_frame"] == pytest.approx(100 * full_inter / full_union, abs=1e-9)
 
 
 def test_shots_use_more_references(tiny_sam2, perseg_root, tmp_path):

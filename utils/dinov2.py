@@ -1,9 +1,15 @@
 """DINOv2 CLS features through Hugging Face transformers (any DINOv2 size, hub id or local folder).
 
-Preprocessing: RGB, shorter side resized to `resolution` (bicubic), centre crop to
-resolution x resolution, ImageNet mean/std. The feature is the final layer-normed CLS token
-(`pooler_output`), L2-normalised, so the inner product is the cosine similarity.
+Two preprocessings, both RGB, bicubic, ImageNet mean/std:
+- `large_side` (ILIAS's official `RESIZE_LARGE` + DINOv2's `MultiplierPadding(14)`, the paper's
+  DINOv2 runs): the larger side resized to `resolution` with the aspect kept (the other side
+  floored), then zero padding, centred, to a multiple of the patch size; no crop;
+- `short_side_crop`: the shorter side resized to `resolution`, then a centre square crop.
+The feature is the final layer-normed CLS token (`pooler_output`), L2-normalised, so the inner
+product is the cosine similarity.
 """
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,6 +19,7 @@ from utils.errors import UserError
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+PREPROCESSING = ("large_side", "short_side_crop")
 
 
 def load_dinov2(name: str, device):
@@ -34,21 +41,41 @@ def load_dinov2(name: str, device):
     return model.eval().to(device)
 
 
-def preprocess(image: Image.Image, resolution: int) -> torch.Tensor:
-    """[3, R, R] float32: shorter side to R (bicubic), centre crop, ImageNet normalisation."""
+def preprocess(image: Image.Image, resolution: int, mode: str = "large_side", patch_size: int = 14) -> torch.Tensor:
+    """[3, H, W] float32 for the model, by `mode` (see the module docstring)."""
     rgb = image.convert("RGB")
-    scale = resolution / min(rgb.size)
-    width, height = max(resolution, round(rgb.width * scale)), max(resolution, round(rgb.height * scale))
-    resized = rgb.resize((width, height), Image.BICUBIC)
-    left, top = (width - resolution) // 2, (height - resolution) // 2
-    crop = resized.crop((left, top, left + resolution, top + resolution))
-    pixels = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    if mode == "large_side":
+        aspect = rgb.height / rgb.width
+        height = max(1, int(resolution * aspect)) if aspect <= 1 else resolution
+        width = max(1, int(resolution / aspect)) if aspect > 1 else resolution
+        return _pad_to_multiple(_normalised(rgb.resize((width, height), Image.BICUBIC)), patch_size)
+    if mode == "short_side_crop":
+        scale = resolution / min(rgb.size)
+        width, height = max(resolution, round(rgb.width * scale)), max(resolution, round(rgb.height * scale))
+        resized = rgb.resize((width, height), Image.BICUBIC)
+        left, top = (width - resolution) // 2, (height - resolution) // 2
+        return _normalised(resized.crop((left, top, left + resolution, top + resolution)))
+    raise ValueError(f"unknown preprocessing {mode!r}, expected one of {PREPROCESSING}")
+
+
+def _normalised(image: Image.Image) -> torch.Tensor:
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return (pixels - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def _pad_to_multiple(pixels: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero padding (after normalisation) to the next multiple, split as evenly as possible with
+    the smaller half before (left, top)."""
+    pads = []
+    for size in (pixels.shape[2], pixels.shape[1]):  # F.pad takes the last dimension first
+        extra = math.ceil(size / multiple) * multiple - size
+        pads += [extra // 2, extra - extra // 2]
+    return F.pad(pixels, pads)
 
 
 @torch.inference_mode()
 def embed(model, pixels: torch.Tensor) -> torch.Tensor:
-    """L2-normalised CLS features [B, D] (float32, on CPU) of a preprocessed batch."""
+    """L2-normalised CLS features [B, D] (float32, on CPU) of a preprocessed batch (one shape)."""
     device = next(model.parameters()).device
     features = model(pixel_values=pixels.to(device)).pooler_output
     return F.normalize(features.float(), dim=-1).cpu()

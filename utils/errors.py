@@ -14,6 +14,11 @@ class UserError(Exception):
         super().__init__(f"{what} ({where}): {fix}")
 
 
+def warn(what: str, where: str, fix: str) -> None:
+    """A problem that does not stop the run, on one stderr line: `warning: <what> (<where>): <fix>`."""
+    print(f"warning: {what} ({where}): {fix}", file=sys.stderr)
+
+
 def run_cli(main, parser):
     """Parse the command line, run `main(args)`, turn a `UserError` into one stderr line."""
     args = parser.parse_args()

@@ -16,7 +16,7 @@ import numpy as np
 from utils.errors import UserError
 from utils.io import save_json, save_npy
 
-SETTINGS = ("model", "resolution", "query_crop")
+SETTINGS = ("model", "resolution", "preprocess", "query_crop")
 
 
 def shard_stem(shard: str) -> str:
@@ -112,4 +112,4 @@ def load_topk(topk_dir: Path, features_dir: Path, k: int) -> dict:
     if not 1 <= k <= indices.shape[1]:
         raise UserError(f"--k is larger than the top-K width {indices.shape[1]}", f"--k {k}",
                         f"pass --k {indices.shape[1]} or less, or rerun topk_candidates_ilias.py with a larger --k")
-    return {"indices": indices, "meta": meta, "manifests": manifests}
+    return {"indices": indices, "scores": scores, "meta": meta, "manifests": manifests}

@@ -4,12 +4,17 @@ Frames 0..n-1 of the pseudo-video are the reference images (mask or box prompt e
 n > 1) and frame n is a target. For every target, `score_targets` computes what the official
 `SAM2VideoPredictor` computes for the last frame of the video [ref_1, ..., ref_n, target] whose
 references got the same prompts through `add_new_mask` / `add_new_points_or_box`
-(tests/test_pseudo_video.py checks it against the official predictor), with three differences
-that change no number:
+(tests/test_pseudo_video.py checks it against the official predictor: SAM 2.1 and SAM 2.0
+configs, frames of different sizes, objects present and absent), with three differences that
+change no number:
 - it keeps the predicted IoUs of the candidate masks, which `track_step` drops;
 - it scores a batch of targets against one reference memory at once;
 - it encodes each image once per run: backbone features are cached by image id, and the
   memory encoder is not run on targets (nothing comes after them).
+One difference does change numbers, on purpose: a box is scaled to the model's input by the size
+of the image it was drawn on. The official predictor scales every box by the video's size, which
+is its last frame's (`load_video_frames`), so on a pseudo-video whose frames differ in size it
+would misplace the reference's box; both agree when the frames have one size.
 The model is driven through `SAM2Base`'s own methods; nothing of sam2 is re-implemented.
 """
 import contextlib

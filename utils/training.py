@@ -13,8 +13,8 @@ from utils.errors import UserError
 class Item:
     key: str  # unique
     path: Path
-    crop: tuple | None = None  # (x1, y1, x2, y2) applied before use (revisitop queries)
-    same_image: str | None = None  # key of the full image a crop comes from
+    box: tuple | None = None  # (x1, y1, x2, y2): its prompt as an anchor (revisitop queries); else the whole image
+    same_image: str | None = None  # key of the item holding the same image (a revisitop query's db entry)
 
 
 @dataclass

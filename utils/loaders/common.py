@@ -5,14 +5,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from utils.errors import UserError
+from utils.errors import UserError, warn
 
 
 @dataclass
 class Sample:
-    """An image and its object mask: a PNG path (read as grey, > 0) or a bool array."""
+    """An image and its object mask: a PNG path (read as grey, > 0) or a bool array. `eval_box`:
+    the (left, top, right, bottom) crop a protocol measures the mask on (PerMIS), else None."""
     image_path: Path
     mask: Path | np.ndarray
+    eval_box: tuple[float, float, float, float] | None = None
 
     def load_mask(self) -> np.ndarray:
         if isinstance(self.mask, np.ndarray):
@@ -57,13 +59,14 @@ def image_size(path) -> tuple[int, int]:
 
 
 def read_mask(path) -> np.ndarray:
-    """A mask PNG read as grey and binarised with > 0 (the PerSeg convention: 0/255 and 0/1
-    masks read the same). A third grey value means this is not a binary mask: an error."""
+    """A mask image read as grey and binarised with > 0, as PerSAM's `eval_miou.py` reads its
+    ground truth (0/255 and 0/1 masks read the same). A mask with more grey values (antialiased
+    edges, a mask saved as JPEG) is read by the same rule, with a warning naming the file."""
     grey = np.asarray(open_image(path).convert("L"))
     values = np.unique(grey)
     if len(values) > 2:
-        raise UserError(f"mask has {len(values)} grey values ({', '.join(map(str, values[:4]))}, ...), "
-                        "not 2", str(path), "save it as a binary mask (0 and 255, or 0 and 1)")
+        warn(f"mask has {len(values)} grey values, not 2: read as > 0 (PerSAM's rule)", str(path),
+             "save it as a binary PNG (0 and 255) if the soft edge should not count")
     return grey > 0
 
 

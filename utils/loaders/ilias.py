@@ -9,8 +9,14 @@ Two sources of the same samples:
 Both go through `load_dataset("webdataset", data_files=..., streaming=True)` for tars, so the code
 that runs offline on local tars is the code that streams from the hub.
 Boxes are [x, y, w, h] in pixels, one per line in `_bbox.txt`, a list of them in `bbox.json`.
+
+Image orientation follows the official ILIAS code, and both stages use `decode_image`: ILIAS-core
+images (queries, db) are read by its `ImageDataset`, which applies `ImageOps.exif_transpose` (so
+their boxes are in the rotated frame); distractors are read by its webdataset pipeline
+(`decode("pilrgb")`), which does not.
 """
 import io
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +31,13 @@ from utils.errors import UserError
 from utils.io import atomic_write_bytes, save_json
 
 ILIAS_REPO = "vrg-prague/ilias"
-MINI_ILIAS_REPO = "vrg-prague/mini-ilias"
 SPLITS = ("queries", "db", "distractors")
+EXIF_TRANSPOSED = ("queries", "db")  # ILIAS-core; the YFCC100M distractors keep their raw pixels
 DEFAULT_SHARDS = {
     "queries": ["ilias-core-queries-img-000000.tar"],
     "db": ["ilias-core-db-000000.tar"],
     "distractors": [f"mini_ilias_yfcc100m-{i:06d}.tar" for i in range(45)],
 }
-DEFAULT_REPOS = {"queries": ILIAS_REPO, "db": ILIAS_REPO, "distractors": MINI_ILIAS_REPO}
 CORE_PARTS = {"queries": "query", "db": "pos"}  # ilias_core sub-folder of each split
 
 
@@ -49,7 +54,7 @@ def add_source_args(parser) -> None:
     parser.add_argument("--data_path", default="datasets/ilias",
                         help="--source local: folder holding the shards (or ilias_core/)")
     for split in SPLITS:
-        parser.add_argument(f"--{split}_repo", default=DEFAULT_REPOS[split],
+        parser.add_argument(f"--{split}_repo", default=ILIAS_REPO,
                             help=f"--source hf: dataset repository of the {split} shards")
         parser.add_argument(f"--{split}_shards", nargs="+", default=DEFAULT_SHARDS[split],
                             help=f"{split} shard files, in order (a name without .tar: ilias_core folder)")
@@ -67,13 +72,15 @@ def object_id(key: str) -> str:
     return key.split("/")[0]
 
 
-def union_box(boxes: list[list[float]]) -> tuple[int, int, int, int]:
-    """(x1, y1, x2, y2) enclosing all [x, y, w, h] boxes of an image."""
+def union_box(boxes: list[list[float]], width: int, height: int) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) enclosing all [x, y, w, h] boxes of an image, clamped to the image (as
+    the official `_crop_resize` clips to 0 and numpy slicing to the image)."""
     x1 = min(b[0] for b in boxes)
     y1 = min(b[1] for b in boxes)
     x2 = max(b[0] + b[2] for b in boxes)
     y2 = max(b[1] + b[3] for b in boxes)
-    return int(x1), int(y1), int(x2), int(y2)
+    return (int(min(max(x1, 0), width)), int(min(max(y1, 0), height)),
+            int(min(max(x2, 0), width)), int(min(max(y2, 0), height)))
 
 
 def parse_boxes(value, where: str) -> list[list[float]]:
@@ -129,21 +136,24 @@ def _iter_core_folder(root: Path, split: str):
         yield RawSample(str(image.relative_to(root).with_suffix("")), image.read_bytes(), boxes)
 
 
-def decode_jpeg(data: bytes):
-    """The image of a sample (RGB, EXIF orientation applied as the official ILIAS code does), or
-    None if it cannot be decoded."""
+def decode_image(data: bytes, split: str):
+    """The RGB image of a sample of `split`, oriented as the official ILIAS code reads it (see the
+    module docstring), or None if it cannot be decoded."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return ImageOps.exif_transpose(image.convert("RGB"))
+            rgb = image.convert("RGB")
+            return ImageOps.exif_transpose(rgb) if split in EXIF_TRANSPOSED else rgb
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
         return None
 
 
 class ShardBatches(torch.utils.data.IterableDataset):
     """Decodes and preprocesses whole shards in DataLoader workers (worker i takes shards i,
-    i + W, ...), so the model never waits on JPEG decoding. Yields dicts per batch: shard, keys,
-    pixels, boxes, corrupt (keys that did not decode), last (the shard's final batch); or
-    shard and error if the shard cannot be read."""
+    i + W, ...), so the model never waits on JPEG decoding. Images of one shape are batched
+    together (the official extraction groups by aspect ratio too). Yields dicts per batch: shard,
+    positions (of the images in their shard), keys, boxes, pixels (one shape), corrupt (keys that
+    did not decode), last (the shard's final batch, possibly empty); or shard and error if the
+    shard cannot be read."""
 
     def __init__(self, shards: list[tuple[str, str]], split: str, preprocess, batch_size: int,
                  crop_to_box: bool, max_images: int | None):
@@ -157,10 +167,11 @@ class ShardBatches(torch.utils.data.IterableDataset):
             yield from self._batches(name, location)
 
     def _batches(self, name: str, location: str):
-        batch = {"shard": name, "keys": [], "pixels": [], "boxes": [], "corrupt": [], "last": False}
+        buckets, corrupt = {}, []  # pixel shape -> batch being filled; keys that did not decode
         samples = read_shard(location, self.split)
-        count = 0
-        while self.max_images is None or count < self.max_images:
+        for position in itertools.count():
+            if self.max_images is not None and position >= self.max_images:
+                break
             try:
                 raw = next(samples)
             except StopIteration:
@@ -168,25 +179,28 @@ class ShardBatches(torch.utils.data.IterableDataset):
             except UserError as err:  # sent to the main process, which stops with it
                 yield {"shard": name, "error": (err.what, err.where, err.fix)}
                 return
-            count += 1
-            image = decode_jpeg(raw.jpeg)
+            image = decode_image(raw.jpeg, self.split)
             if image is None:
-                batch["corrupt"].append(raw.key)
+                corrupt.append(raw.key)
                 continue
             if self.crop_to_box and raw.boxes:
-                image = image.crop(union_box(raw.boxes))
-            batch["keys"].append(raw.key)
-            batch["pixels"].append(self.preprocess(image))
-            batch["boxes"].append(raw.boxes)
+                image = image.crop(union_box(raw.boxes, image.width, image.height))
+            pixels = self.preprocess(image)
+            batch = buckets.setdefault(tuple(pixels.shape), {"positions": [], "keys": [], "boxes": [], "pixels": []})
+            for field, value in (("positions", position), ("keys", raw.key), ("boxes", raw.boxes), ("pixels", pixels)):
+                batch[field].append(value)
             if len(batch["keys"]) == self.batch_size:
-                yield _stacked(batch)
-                batch = {**batch, "keys": [], "pixels": [], "boxes": [], "corrupt": []}
-        yield _stacked({**batch, "last": True})
+                yield _message(name, buckets.pop(tuple(pixels.shape)), corrupt, last=False)
+                corrupt = []
+        for batch in buckets.values():
+            yield _message(name, batch, corrupt, last=False)
+            corrupt = []
+        yield _message(name, {"positions": [], "keys": [], "boxes": [], "pixels": []}, corrupt, last=True)
 
 
-def _stacked(batch: dict) -> dict:
+def _message(shard: str, batch: dict, corrupt: list[str], last: bool) -> dict:
     pixels = torch.stack(batch["pixels"]) if batch["pixels"] else None
-    return {**batch, "pixels": pixels}
+    return {"shard": shard, **batch, "pixels": pixels, "corrupt": corrupt, "last": last}
 
 
 def image_file(images_dir: Path, key: str) -> Path:
@@ -194,6 +208,16 @@ def image_file(images_dir: Path, key: str) -> Path:
     if key.startswith("/") or ".." in key.split("/"):
         raise UserError(f"unsafe sample key {key!r}", str(images_dir), "the shard is not an ILIAS shard")
     return Path(images_dir) / f"{key}.jpg"
+
+
+def open_extracted(images_dir: Path, key: str, split: str) -> Image.Image:
+    """An image written by extract_images.py / extract_candidates.py, decoded as stage 1 decoded
+    it (`decode_image`: the same orientation rule)."""
+    path = image_file(images_dir, key)
+    image = decode_image(path.read_bytes(), split)
+    if image is None:
+        raise UserError("unreadable image", str(path), "delete it and rerun extract_images.py / extract_candidates.py")
+    return image
 
 
 def read_image_index(images_dir: Path) -> dict:

@@ -5,15 +5,16 @@ The masks file is a pickle: it is only read from the data folder, as the officia
 """
 import pickle
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from utils.errors import UserError
 from utils.loaders.common import Episode, Sample, check_same_size, require_dir
+from utils.metrics import PDM_MIN_CROP_FRACTION, pdm_crop_box, pdm_crop_fraction
 
 NUM_FRAMES = 3
-MIN_MASK_FRACTION = 0.005  # masks under 0.5% of the image are too small to count (official)
 
 
 @dataclass
@@ -21,6 +22,11 @@ class Video:
     video_id: str
     frames: list[Path]
     masks: list[np.ndarray]  # bool, one per frame, at the frame's size
+
+    @cached_property
+    def crop_fractions(self) -> list[float]:
+        """Each mask's size as PDM measures it: its share of PDM's 512 x 512 crop of the frame."""
+        return [pdm_crop_fraction(mask) for mask in self.masks]
 
 
 def load_permirs_videos(root) -> list[Video]:
@@ -61,20 +67,17 @@ def _frame_masks(content, masks_path: Path) -> list[np.ndarray]:
     return [m.astype(bool) for m in masks]
 
 
-def is_too_small(mask: np.ndarray) -> bool:
-    return mask.mean() < MIN_MASK_FRACTION
-
-
 def permis_episodes(videos: list[Video], shots: int = 1) -> tuple[list[Episode], int]:
-    """PerMIS: reference frame 0 (its mask as the prompt), target frame 1; with k shots, frames
-    0..k-1 are references and frame k the target. Targets whose mask covers under 0.5% of the
-    image are skipped. Returns the episodes and the number of skipped targets."""
+    """PerMIS (PDM's `pdm_permis.py`): reference frame 0 (its mask as the prompt), target frame 1;
+    with k shots, frames 0..k-1 are references and frame k the target. A target whose mask covers
+    under 0.5% of PDM's square crop is skipped; the target's crop box is where its IoU is
+    measured. Returns the episodes and the number of skipped targets."""
     if not 1 <= shots < NUM_FRAMES:
         raise UserError(f"PerMIS videos have {NUM_FRAMES} frames, so 1 or 2 shots",
                         f"--shots {shots}", "pass --shots 1 (the official protocol) or 2")
     episodes, skipped = [], 0
     for video in videos:
-        if is_too_small(video.masks[shots]):
+        if video.crop_fractions[shots] < PDM_MIN_CROP_FRACTION:
             skipped += 1
             continue
         for frame, mask in zip(video.frames[:shots], video.masks[:shots]):
@@ -82,7 +85,7 @@ def permis_episodes(videos: list[Video], shots: int = 1) -> tuple[list[Episode],
                 raise UserError("reference mask is empty", f"{video.frames[0].parent}/masks.npz.npy "
                                 f"frame {frame.stem}", "fix the masks file or remove the video")
         references = [Sample(f, m) for f, m in zip(video.frames[:shots], video.masks[:shots])]
-        target = Sample(video.frames[shots], video.masks[shots])
+        target = Sample(video.frames[shots], video.masks[shots], eval_box=pdm_crop_box(video.masks[shots]))
         episodes.append(Episode(video.video_id, references, [target]))
     return episodes, skipped
 
@@ -90,7 +93,8 @@ def permis_episodes(videos: list[Video], shots: int = 1) -> tuple[list[Episode],
 @dataclass
 class RetrievalSplit:
     """PerMIR: one query per video (its frame with the largest mask, the mask as the prompt) and
-    a gallery of every other frame of every video; the label of an image is its video id."""
+    a gallery of every other frame of every video; the label of an image is its video id. Mask
+    sizes are PDM's: the share of its square crop of the frame (`pdm_crop_fraction`)."""
     query_paths: list[Path]
     query_masks: list[np.ndarray]
     query_labels: list[str]
@@ -99,15 +103,16 @@ class RetrievalSplit:
 
 
 def permir_split(videos: list[Video]) -> tuple[RetrievalSplit, int]:
-    """The PerMIR split; a video with any mask under 0.5% of its image is dropped. Returns the
-    split and the number of dropped videos."""
+    """The PerMIR split as PDM's `pdm_permir.py` makes it: a video with any mask under 0.5% of
+    its crop is dropped; the query is the frame with the largest crop fraction (ties: the earliest
+    frame, as numpy's argmax). Returns the split and the number of dropped videos."""
     split = RetrievalSplit([], [], [], [], [])
     dropped = 0
     for video in videos:
-        if any(is_too_small(mask) for mask in video.masks):
+        if min(video.crop_fractions) < PDM_MIN_CROP_FRACTION:
             dropped += 1
             continue
-        query = int(np.argmax([mask.sum() for mask in video.masks]))  # ties: the earliest frame
+        query = int(np.argmax(video.crop_fractions))
         split.query_paths.append(video.frames[query])
         split.query_masks.append(video.masks[query])
         split.query_labels.append(video.video_id)
@@ -116,6 +121,6 @@ def permir_split(videos: list[Video]) -> tuple[RetrievalSplit, int]:
                 split.gallery_paths.append(frame)
                 split.gallery_labels.append(video.video_id)
     if not split.query_paths:
-        raise UserError("every video was dropped (masks under 0.5% of the image)",
+        raise UserError("every video was dropped (a mask under 0.5% of its frame's crop)",
                         str(videos[0].frames[0].parent.parent), "check the PerMIRS masks files")
     return split, dropped

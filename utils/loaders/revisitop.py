@@ -3,10 +3,11 @@
 Layout (the official revisitop one): `<data_path>/<name>/gnd_<name>.pkl` and
 `<data_path>/<name>/jpg/<image>.jpg`, name roxford5k or rparis6k. The pkl (a pickle: read only
 from the data folder, as the official format needs) holds `imlist`, `qimlist` and per query `bbx`
-(x1, y1, x2, y2: the query is cropped to it), `easy`, `hard`, `junk` (indices into imlist).
+(x1, y1, x2, y2, zero-based), `easy`, `hard`, `junk` (indices into imlist).
 Classes are landmarks, the query name without its number (`all_souls_000013` -> `all_souls`):
-its members are its queries (cropped) and the easy + hard images of its queries. A query's junk is
-never its positive nor its negative.
+its members are its queries and the easy + hard images of its queries. A query is used as at
+ILIAS inference: the whole image, prompted with its `bbx` box. A query's junk is never its
+positive nor its negative.
 """
 import pickle
 import re
@@ -42,7 +43,7 @@ def load_gnd(root, name: str) -> dict:
 
 
 def load_revisitop(root, names: list[str]) -> TripletData:
-    """Items (queries cropped to their box, database images) with their landmark class, the
+    """Items (queries with their box prompt, database images) with their landmark class, the
     training anchors (the queries), and each anchor's junk."""
     data = TripletData()
     for name in names:
@@ -53,8 +54,8 @@ def load_revisitop(root, names: list[str]) -> TripletData:
             image_ids[index] = data.add(Item(f"{name}/{image}", jpg / f"{image}.jpg"))
         for query, truth in zip(gnd["qimlist"], gnd["gnd"]):
             cls = f"{name}/{landmark(query)}"
-            item = data.add(Item(f"{name}/{query}#query", jpg / f"{query}.jpg", crop=tuple(truth["bbx"]),
-                                 same_image=f"{name}/{query}"))
+            item = data.add(Item(f"{name}/{query}#query", jpg / f"{query}.jpg",
+                                 box=tuple(float(v) for v in truth["bbx"]), same_image=f"{name}/{query}"))
             data.anchors.append(item)
             data.assign(item, cls)
             for index in list(truth["easy"]) + list(truth["hard"]):
