@@ -1,22 +1,27 @@
-"""Speed benchmark: every stage against its baseline and its floor, measured in one run.
+"""Speed benchmark: every stage in fp32 and with --amp, against its baseline and its floor, in one run.
 
-    python bench.py --suite all --quick            # a few minutes on CPU
+    python bench.py --quick                          # a few minutes on a CPU
+    python bench.py                                  # benchmark scale (about 40 minutes on 2 CPU cores)
     python bench.py --suite retrieval --device cuda
 
 SAM2 is the real SAM2.1-tiny architecture with seeded random weights by default (speed does not
-depend on the weight values); DINOv2 is the ViT-S/14 architecture, random. Suites:
-- retrieval: all-pairs (PerMIR-like) and K candidates per query with shared candidates
-  (ILIAS-like) through (a) the official SAM2VideoPredictor, one pair at a time; (b) this
-  project's path (the scoring functions of sam2_permir_obj_scores.py and sam2_reranking.py);
+depend on the weight values; the object-score head is lifted so that objects are found and masks
+are not blank); DINOv2 is the ViT-S/14 architecture, random. It runs library code only (the pair
+scheduler, the engine, the shard reader), on synthetic JPEG scenes. Suites:
+- retrieval: a PerMIR-like all-pairs workload (queries x gallery, mask prompts) and an ILIAS-like
+  one (K candidates per query, half of them shared by all queries, box prompts), each through
+  (a) the official SAM2VideoPredictor, one 2-frame video per pair, timed on a sample of pairs and
+  extrapolated (it costs the same for every pair); (b) the pair scheduler in fp32 and with amp;
   (c) the floor: distinct images x t_encode + pairs x t_pair, both measured in this run;
-- segmentation: seconds per target image, sam2_permis.py's path against the official predictor;
-- features: images/s of precompute_features_ilias.py's pipeline (JPEG decode in DataLoader
-  workers, resize, forward) against the bare forward on ready tensors of the same batch size;
+- segmentation: one reference and T targets with masks: the official predictor, fp32, amp; the
+  share of mask pixels on which amp and fp32 agree;
+- features: images/s of the ILIAS feature pipeline (JPEG decode in DataLoader workers, official
+  large-side preprocessing, batches of one shape) against the bare forward, in fp32 and with amp;
 - topk: time and peak memory (each in its own process) of the sharded search against one flat
-  index holding everything; the results must be identical.
-Prints one table and writes <output_dir>/bench_results.json (and metrics.json, the same).
+  search over everything; the results must be identical.
+For fp32 against amp, every suite reports the speed-up, the largest score (or feature) difference
+and the share of tied scores in each. Prints one table and writes <output_dir>/metrics.json.
 """
-import argparse
 import contextlib
 import functools
 import multiprocessing
@@ -25,37 +30,47 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.cli import finish, format_table, pair_batch_size, set_seed
-from utils.errors import CliParser, run_cli
-from utils.io import pack_masks, save_json
-from utils.sam2_model import SAM2_1_MODELS, build_sam2_model, resolve_device
+from utils import dinov2
+from utils.amp import amp_enabled
+from utils.cli import CliParser, add_output_args, finish, format_table, pair_batch_size, resolve_device, set_seed
+from utils.errors import run_cli
+from utils.loaders.common import open_image
+from utils.loaders.ilias import ShardBatches, shard_loader
+from utils.pair_scoring import PairScheduler, ReferenceFrame
+from utils.pseudo_video import Prompt, PseudoVideo
+from utils.sam2_model import SAM2_1_MODELS, build_sam2_model
 from utils.synthetic import render_object, render_scene, write_jpeg, write_webdataset_tar
 
 SUITES = ("retrieval", "segmentation", "features", "topk")
+WORKLOADS = {  # name: (queries, gallery per query, shared by all queries), full and --quick
+    "all_pairs": {"full": (10, 30, 30), "quick": (2, 3, 3)},
+    "k_candidates": {"full": (10, 50, 25), "quick": (2, 4, 2)},
+}
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = CliParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_args_parser() -> CliParser:
+    parser = CliParser(__doc__)
     parser.add_argument("--suite", choices=[*SUITES, "all"], default="all")
     parser.add_argument("--sam2_cfg", default=SAM2_1_MODELS["tiny"][0])
-    parser.add_argument("--dinov2_model", default=None,
+    parser.add_argument("--dinov2", default=None,
                         help="DINOv2 folder or hub id (default: ViT-S/14 architecture, random weights)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--quick", action="store_true", help="smaller workloads, same measurements")
+    parser.add_argument("--quick", action="store_true", help="small workloads, same measurements")
+    parser.add_argument("--official_pairs", type=int, default=None,
+                        help="pairs the official predictor is timed on, per workload (default 4; quick 2)")
     parser.add_argument("--image_size", type=int, nargs=2, default=[768, 1024], metavar=("H", "W"))
+    parser.add_argument("--dinov2_resolution", type=int, default=None, help="default 724 (quick: 224)")
     parser.add_argument("--topk_database", type=int, default=None, help="default 1M (quick: 200k)")
     parser.add_argument("--topk_shard", type=int, default=None, help="default 100k (quick: 20k)")
     parser.add_argument("--topk_queries", type=int, default=None, help="default 1000 (quick: 200)")
     parser.add_argument("--num_workers", type=int, default=2, help="decoding workers of the features suite")
-    parser.add_argument("--output_dir", default="outputs/bench")
-    parser.add_argument("--seed", type=int, default=0)
+    add_output_args(parser, "outputs/bench")
     return parser
 
 
@@ -76,23 +91,24 @@ def timed(function, *args, **kwargs):
     return time.perf_counter() - start, result
 
 
-def write_scenes(folder: Path, count: int, size, seed: int):
-    """`count` JPEG scenes holding the same object; returns their paths and object masks."""
-    rng, obj = np.random.default_rng(seed), render_object(seed)
+def write_scenes(folder: Path, count: int, size, seed: int, objects: int = 1):
+    """`count` JPEG scenes, scene i holding object i % objects; their paths and object masks."""
+    rng = np.random.default_rng(seed)
+    sprites = [render_object(seed * 100 + k) for k in range(objects)]
     paths, masks = [], []
     for i in range(count):
-        image, mask = render_scene(rng, obj, *size, scale=float(rng.uniform(0.3, 0.5)))
-        paths.append(write_jpeg(folder / f"img{i:03d}.jpg", image))
+        image, mask = render_scene(rng, sprites[i % objects], *size, scale=float(rng.uniform(0.3, 0.5)))
+        paths.append(write_jpeg(folder / f"img{i:04d}.jpg", image))
         masks.append(mask)
     return paths, masks
 
 
-def mask_box(mask: np.ndarray) -> list[int]:
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def official_pair(predictor, folder: Path, reference: Path, target: Path, mask=None, box=None):
+def official_pair(predictor, folder: Path, reference: Path, target: Path, prompt: Prompt):
     """One pair as a user of sam2 writes it: a 2-frame video, a prompt on frame 0, propagate."""
     video = folder / "video"
     shutil.rmtree(video, ignore_errors=True)
@@ -100,139 +116,176 @@ def official_pair(predictor, folder: Path, reference: Path, target: Path, mask=N
     shutil.copy(reference, video / "0.jpg")
     shutil.copy(target, video / "1.jpg")
     state = predictor.init_state(str(video))
-    if mask is not None:
-        predictor.add_new_mask(state, 0, 1, mask)
+    if prompt.mask is not None:
+        predictor.add_new_mask(state, 0, 1, prompt.mask)
     else:
-        predictor.add_new_points_or_box(state, 0, 1, box=box)
+        predictor.add_new_points_or_box(state, 0, 1, box=np.array(prompt.box, np.float32))
     for _ in predictor.propagate_in_video(state):
         pass
 
 
-def measure_floor(engine, paths, masks, repeats: int = 2) -> tuple[float, float]:
-    """(seconds per image encode, seconds per pair of memory attention + decoder), batch 1."""
-    from PIL import Image
-
-    frame = engine.prepare(Image.open(paths[0]), image_id="floor")
+def measure_floor(engine: PseudoVideo, path: Path, mask: np.ndarray, repeats: int = 2) -> dict:
+    """Seconds of one image encode and of one pair's memory attention + decoder (batch 1)."""
+    frame = engine.prepare(open_image(path), image_id="floor")
     pixels = frame.pixels[None].to(engine.device)
-    with torch.no_grad():
-        engine.model.forward_image(pixels)  # warm-up
-        t_encode = min(timed(engine.model.forward_image, pixels)[0] for _ in range(repeats))
-    reference = engine.encode_reference([frame], masks=[masks[0]])
+
+    def encode():
+        with torch.no_grad(), engine.autocast():
+            engine.model.forward_image(pixels)
+
+    encode()  # warm-up
+    t_encode = min(timed(encode)[0] for _ in range(repeats))
+    reference = engine.encode_reference([frame], [Prompt(mask=mask)])
     engine.score_pairs([reference], [frame], with_masks=False)  # warm-up, features cached
     t_pair = min(timed(engine.score_pairs, [reference], [frame], with_masks=False)[0] for _ in range(repeats))
     engine.forget(["floor"])
-    return t_encode, t_pair
+    return {"t_encode_s": t_encode, "t_pair_s": t_pair}
 
 
-def bench_retrieval(args, predictor, model, folder: Path, floor) -> dict:
-    from sam2_permir_obj_scores import sam2_scores
-    from sam2_reranking import QueryMemories, score_chunk
-    from utils.pseudo_video import PseudoVideo
+def score_agreement(fp32: np.ndarray, amp: np.ndarray) -> dict:
+    """How amp's scores compare with fp32's: largest difference, and the share of scores tied with
+    another score of the same run, in each."""
+    tied = lambda s: float(1 - len(np.unique(s)) / len(s)) if len(s) else 0.0
+    return {"max_score_diff": float(np.max(np.abs(fp32 - amp))) if len(fp32) else 0.0,
+            "tied_share_fp32": tied(fp32), "tied_share_amp": tied(amp)}
 
-    t_encode, t_pair = floor
+
+def workload(name: str, folder: Path, args) -> dict:
+    """Images, references and pairs of a retrieval workload (see WORKLOADS)."""
+    n_queries, per_query, shared = WORKLOADS[name]["quick" if args.quick else "full"]
+    if name == "all_pairs":
+        count = n_queries + per_query
+        candidates = [list(range(n_queries, count))] * n_queries
+    else:
+        count = n_queries + shared + n_queries * (per_query - shared)
+        own = lambda q: range(n_queries + shared + q * (per_query - shared), n_queries + shared + (q + 1) * (per_query - shared))
+        candidates = [list(range(n_queries, n_queries + shared)) + list(own(q)) for q in range(n_queries)]
+    paths, masks = write_scenes(folder / name, count, args.image_size, args.seed + len(name), objects=n_queries)
+    prompts = {q: Prompt(mask=masks[q]) if name == "all_pairs" else Prompt(box=mask_box(masks[q]))
+               for q in range(n_queries)}
+    references = {q: [ReferenceFrame(str(paths[q]), prompts[q])] for q in range(n_queries)}
+    if name == "all_pairs":  # gallery-major, as sam2_permir_obj_scores.py orders them
+        pairs = [(q, str(paths[c])) for c in candidates[0] for q in range(n_queries)]
+    else:  # query-major, as sam2_reranking.py's chunks order them
+        pairs = [(q, str(paths[c])) for q in range(n_queries) for c in candidates[q]]
+    return {"paths": paths, "prompts": prompts, "references": references, "pairs": pairs,
+            "distinct": len(set(str(p) for p in paths))}
+
+
+def run_scheduler(engine: PseudoVideo, batch_size: int, references, pairs, with_masks=False):
+    """(seconds, scores in pair order, mask logits in pair order or None) through the scheduler."""
+    scheduler = PairScheduler(engine, lambda image_id: open_image(image_id), batch_size)
+    scores, masks = np.zeros(len(pairs), np.float32), [None] * len(pairs)
+
+    def run():
+        for batch, result in scheduler.batches(pairs, references, with_masks=with_masks):
+            scores[batch] = result.score("iou").numpy()
+            for row, position in enumerate(batch):
+                masks[position] = result.mask_logits[row].numpy() > 0 if with_masks else None
+
+    seconds, _ = timed(run)
+    return seconds, scores, masks
+
+
+def bench_retrieval(args, model, folder: Path, floors: dict, amp_on: bool) -> dict:
     results = {}
-    # all pairs: every query against every gallery image, queries prompted with their mask
-    n_queries, n_gallery = (2, 3) if args.quick else (2, 6)
-    paths, masks = write_scenes(folder / "allpairs", n_queries + n_gallery, args.image_size, args.seed)
-    queries, gallery = paths[:n_queries], paths[n_queries:]
-    with quiet_progress():
-        t_official, _ = timed(lambda: [official_pair(predictor, folder, q, g, mask=masks[i])
-                                       for i, q in enumerate(queries) for g in gallery])
-    engine = PseudoVideo(model)
-    data = {"query_paths": [str(p) for p in queries], "gallery_paths": [str(p) for p in gallery],
-            "query_masks": pack_masks(masks[:n_queries])}
-    batch = pair_batch_size(None, engine.device)  # the scripts' default for this device
-    t_ours, _ = timed(sam2_scores, SimpleNamespace(batch_size=batch, score="iou"), data, engine)
-    results["all_pairs"] = retrieval_row(n_queries * n_gallery, len(paths), t_official, t_ours,
-                                         engine.encoder_passes, t_encode, t_pair)
-
-    # K candidates per query, some shared between queries, queries prompted with their box
-    n_queries, k, shared = (2, 4, 2) if args.quick else (2, 8, 4)
-    n_candidates = n_queries * k - (n_queries - 1) * shared
-    paths, masks = write_scenes(folder / "kcand", n_queries + n_candidates, args.image_size, args.seed + 1)
-    images_dir = folder / "kcand_images"
-    keys = [f"img/{i:03d}" for i in range(len(paths))]
-    for key, path in zip(keys, paths):
-        (images_dir / "img").mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, images_dir / f"{key}.jpg")
-    topk = np.array([np.arange(q * (k - shared), q * (k - shared) + k) for q in range(n_queries)])
-    boxes = [mask_box(m) for m in masks[:n_queries]]
-    with quiet_progress():
-        t_official, _ = timed(lambda: [official_pair(predictor, folder, paths[q], paths[n_queries + c], box=boxes[q])
-                                       for q in range(n_queries) for c in topk[q]])
-    engine = PseudoVideo(model)
-    data = {"query_keys": keys[:n_queries], "database_keys": keys[n_queries:], "db_keys": keys[n_queries:],
-            "boxes": [[[b[0], b[1], b[2] - b[0], b[3] - b[1]]] for b in boxes]}
-    run = SimpleNamespace(batch_size=batch, score="iou", images_dir=str(images_dir))
-    memories = QueryMemories(engine, images_dir, data, "box")
-    t_ours, _ = timed(score_chunk, run, engine, memories, data, np.unique(topk), topk)
-    results["k_candidates"] = retrieval_row(n_queries * k, n_queries + n_candidates, t_official, t_ours,
-                                            engine.encoder_passes, t_encode, t_pair)
+    batch = pair_batch_size(None, model.device)
+    sample = args.official_pairs or (2 if args.quick else 4)
+    for name in WORKLOADS:
+        work = workload(name, folder, args)
+        pairs, n_pairs = work["pairs"], len(work["pairs"])
+        with quiet_progress():
+            t_official, _ = timed(lambda: [official_pair(model, folder, Path(work["references"][q][0].image), Path(t),
+                                                         work["prompts"][q]) for q, t in pairs[:sample]])
+        row = {"pairs": n_pairs, "distinct_images": work["distinct"], "official_sampled_pairs": min(sample, n_pairs),
+               "official_s_per_pair": t_official / min(sample, n_pairs)}
+        scores = {}
+        for precision, amp in (("fp32", False), ("amp", amp_on)):
+            engine = PseudoVideo(model, amp)
+            seconds, scores[precision], _ = run_scheduler(engine, batch, work["references"], pairs)
+            floor = floors[precision]
+            t_floor = work["distinct"] * floor["t_encode_s"] + n_pairs * floor["t_pair_s"]
+            row[precision] = {"s_per_pair": seconds / n_pairs, "encoder_passes": engine.encoder_passes,
+                              "floor_s_per_pair": t_floor / n_pairs, "vs_floor": seconds / t_floor,
+                              "speedup_vs_official": row["official_s_per_pair"] / (seconds / n_pairs)}
+        row["amp_speedup"] = row["fp32"]["s_per_pair"] / row["amp"]["s_per_pair"]
+        row.update(score_agreement(scores["fp32"], scores["amp"]))
+        results[name] = row
     return results
 
 
-def retrieval_row(pairs, distinct, t_official, t_ours, passes, t_encode, t_pair) -> dict:
-    t_floor = distinct * t_encode + pairs * t_pair
-    return {"pairs": pairs, "distinct_images": distinct, "encoder_passes": passes,
-            "official_s_per_pair": t_official / pairs, "ours_s_per_pair": t_ours / pairs,
-            "floor_s_per_pair": t_floor / pairs, "speedup_vs_official": t_official / t_ours,
-            "floor_speedup_vs_official": t_official / t_floor, "ours_vs_floor": t_ours / t_floor}
-
-
-def bench_segmentation(args, predictor, model, folder: Path) -> dict:
-    from sam2_permis import segment
-    from utils.loaders.common import Episode, Sample
-    from utils.pseudo_video import PseudoVideo
-
+def bench_segmentation(args, model, folder: Path, amp_on: bool) -> dict:
     targets = 2 if args.quick else 4
     paths, masks = write_scenes(folder / "seg", targets + 1, args.image_size, args.seed + 2)
+    prompt = Prompt(mask=masks[0])
     with quiet_progress():
-        t_official, _ = timed(lambda: [official_pair(predictor, folder, paths[0], t, mask=masks[0]) for t in paths[1:]])
-    episode = Episode("object", [Sample(paths[0], masks[0])], [Sample(p, m) for p, m in zip(paths[1:], masks[1:])])
-    run = SimpleNamespace(output_dir=str(folder / "seg_out"), batch_size=pair_batch_size(None, model.device),
-                          save_masks=False, visualize=False)
-    t_ours, _ = timed(segment, run, PseudoVideo(model), [episode])
-    return {"targets": targets, "official_s_per_target": t_official / targets, "ours_s_per_target": t_ours / targets,
-            "speedup_vs_official": t_official / t_ours}
+        t_official, _ = timed(lambda: [official_pair(model, folder, paths[0], t, prompt) for t in paths[1:]])
+    references = {"object": [ReferenceFrame(str(paths[0]), prompt)]}
+    pairs = [("object", str(p)) for p in paths[1:]]
+    row = {"targets": targets, "official_s_per_target": t_official / targets}
+    scores, predicted = {}, {}
+    for precision, amp in (("fp32", False), ("amp", amp_on)):
+        seconds, scores[precision], predicted[precision] = run_scheduler(
+            PseudoVideo(model, amp), pair_batch_size(None, model.device), references, pairs, with_masks=True)
+        row[precision] = {"s_per_target": seconds / targets, "speedup_vs_official": t_official / seconds}
+    row["amp_speedup"] = row["fp32"]["s_per_target"] / row["amp"]["s_per_target"]
+    equal = sum(int((a == b).sum()) for a, b in zip(predicted["fp32"], predicted["amp"]))
+    row["mask_agreement"] = equal / sum(m.size for m in predicted["fp32"])
+    row["masks_not_blank"] = all(m.any() for m in predicted["fp32"])
+    row.update(score_agreement(scores["fp32"], scores["amp"]))
+    return row
 
 
-def bench_features(args, device, folder: Path) -> dict:
-    from transformers import Dinov2Config, Dinov2Model
+def dinov2_model(args, folder: Path, device: torch.device, amp: bool):
+    if args.dinov2 is not None:
+        return dinov2.load_dinov2(args.dinov2, device, amp)
+    model_dir = folder / "dinov2_vits14"
+    if not model_dir.is_dir():  # the ViT-S/14 architecture, random weights
+        from transformers import Dinov2Config, Dinov2Model
 
-    from precompute_features_ilias import extract_shards, get_args_parser as features_parser
-    from utils import dinov2
-
-    count, resolution, batch = (64, 224, 16) if args.quick else (64, 518, 16)
-    model_dir = args.dinov2_model
-    if model_dir is None:  # the ViT-S/14 architecture, random weights
-        model_dir = str(folder / "dinov2_vits14")
         torch.manual_seed(args.seed)
         Dinov2Model(Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
                                  intermediate_size=1536, patch_size=14, image_size=518)).save_pretrained(model_dir)
-    model = dinov2.load_dinov2(model_dir, device)
+    return dinov2.load_dinov2(str(model_dir), device, amp)
+
+
+def bench_features(args, device: torch.device, folder: Path, amp_on: bool) -> dict:
+    count, batch = (16, 8) if args.quick else (24, 8)
+    resolution = args.dinov2_resolution or (224 if args.quick else 724)
     paths, _ = write_scenes(folder / "feat", count, args.image_size, args.seed + 3)
     write_webdataset_tar(folder / "bench-000000.tar", [(f"{i:06d}/{i:06d}", p.read_bytes(), None)
                                                        for i, p in enumerate(paths)])
-    run = features_parser().parse_args(["--source", "local", "--data_path", str(folder), "--distractors_shards",
-                                        "bench-000000.tar", "--model", model_dir, "--resolution", str(resolution),
-                                        "--batch_size", str(batch), "--num_workers", str(args.num_workers),
-                                        "--output_dir", str(folder / "feat_out")])
-    settings = {"model": model_dir, "resolution": resolution, "query_crop": "none"}
-    ready = torch.randn(batch, 3, resolution, resolution)
-    dinov2.embed(model, ready)  # warm-up
-    bare = lambda: timed(lambda: [dinov2.embed(model, ready) for _ in range(count // batch)])[0]
-    t_before = bare()  # the bare forward before and after the pipeline: this machine's speed drifts
-    t_pipeline, _ = timed(extract_shards, run, model, "distractors", ["bench-000000.tar"],
-                          folder / "feat_out" / "distractors", settings, None, 0)
-    t_bare = (t_before + bare()) / 2
-    return {"images": count, "resolution": resolution, "pipeline_images_per_s": count / t_pipeline,
-            "bare_forward_images_per_s": (count // batch * batch) / t_bare,
-            "pipeline_vs_bare": (count / t_pipeline) / ((count // batch * batch) / t_bare)}
+    row = {"images": count, "resolution": resolution}
+    features = {}
+    for precision, amp in (("fp32", False), ("amp", amp_on)):
+        model = dinov2_model(args, folder, device, amp)
+        stream = ShardBatches([("bench", str(folder / "bench-000000.tar"))], "distractors",
+                              lambda image: dinov2.preprocess(image, resolution, "large_side", model.config.patch_size),
+                              batch, crop_to_box=False, max_images=None)
+        ready = [b["pixels"] for b in shard_loader(stream, 0) if b["pixels"] is not None]
+        dinov2.embed(model, ready[0], amp)  # warm-up
+        bare = lambda: timed(lambda: [dinov2.embed(model, pixels, amp) for pixels in ready])[0]
+        t_before = bare()  # the bare forward before and after the pipeline: this machine's speed drifts
+
+        def pipeline():
+            return [(b["positions"], dinov2.embed(model, b["pixels"], amp)) for b in shard_loader(stream, args.num_workers)
+                    if b["pixels"] is not None]
+
+        t_pipeline, batches = timed(pipeline)
+        t_bare = (t_before + bare()) / 2
+        order = np.argsort([p for positions, _ in batches for p in positions])
+        features[precision] = torch.cat([f for _, f in batches]).numpy()[order]
+        row[precision] = {"pipeline_images_per_s": count / t_pipeline, "bare_forward_images_per_s": count / t_bare,
+                          "pipeline_vs_bare": t_bare / t_pipeline}
+    row["amp_speedup"] = row["amp"]["bare_forward_images_per_s"] / row["fp32"]["bare_forward_images_per_s"]
+    row["max_feature_diff"] = float(np.abs(features["fp32"] - features["amp"]).max())
+    row["min_cosine_fp32_amp"] = float((features["fp32"] * features["amp"]).sum(axis=1).min())
+    return row
 
 
 def _search(mode: str, folder: str, queries_path: str, k: int, connection) -> None:
     """Run one search in a fresh process; send (seconds, peak RSS in MB, indices)."""
-    from utils.retrieval import sharded_topk, shard_search
+    from utils.retrieval import shard_search, sharded_topk
 
     queries = np.load(queries_path)
     shards = sorted(Path(folder).glob("shard_*.npy"))
@@ -290,11 +343,10 @@ def bench_topk(args, folder: Path) -> dict:
     base = run_in_process("baseline", str(folder), str(folder / "queries.npy"), k)
     sharded = run_in_process("sharded", str(folder), str(folder / "queries.npy"), k)
     flat = run_in_process("flat", str(folder), str(folder / "queries.npy"), k)
-    shard_mb = shard * dim * 4 / 2**20
     return {"database": size, "shard": shard, "queries": n_queries, "k": k,
             "sharded_s": sharded[0], "flat_s": flat[0],
             "sharded_peak_mb": sharded[1] - base[1], "flat_peak_mb": flat[1] - base[1],
-            "one_shard_mb": shard_mb, "database_mb": size * dim * 4 / 2**20,
+            "one_shard_mb": shard * dim * 4 / 2**20, "database_mb": size * dim * 4 / 2**20,
             "identical": bool(np.array_equal(sharded[2], flat[2]))}
 
 
@@ -302,62 +354,74 @@ def main(args) -> dict:
     set_seed(args.seed)
     device = resolve_device(args.device)
     suites = list(SUITES) if args.suite == "all" else [args.suite]
-    results = {"device": str(device), "sam2_cfg": args.sam2_cfg, "quick": args.quick,
-               "image_size": args.image_size}
+    amp = amp_enabled(True, device)  # where bf16 is not native, "amp" runs in fp32 (and says so)
+    results = {"device": str(device), "amp_native": amp, "torch_threads": torch.get_num_threads(),
+               "sam2_cfg": args.sam2_cfg, "quick": args.quick, "image_size": args.image_size}
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         folder = Path(tmp)
         if {"retrieval", "segmentation"} & set(suites):
             torch.manual_seed(args.seed)
-            # the model is the official SAM2VideoPredictor: (a) calls its own API, (b) our engine
-            model = predictor = build_sam2_model(args.sam2_cfg, None, device)
+            # the official SAM2VideoPredictor: the official path calls its API, ours drives it
+            model = build_sam2_model(args.sam2_cfg, None, device)
+            model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data += 3.0  # objects found
             if "retrieval" in suites:
-                from utils.pseudo_video import PseudoVideo
-
                 paths, masks = write_scenes(folder / "floor", 1, args.image_size, args.seed)
-                floor = measure_floor(PseudoVideo(model), paths, masks)
-                results["floor"] = {"t_encode_s": floor[0], "t_pair_s": floor[1]}
-                results["retrieval"] = bench_retrieval(args, predictor, model, folder, floor)
+                floors = {p: measure_floor(PseudoVideo(model, on), paths[0], masks[0])
+                          for p, on in (("fp32", False), ("amp", amp))}
+                results["floor"] = floors
+                results["retrieval"] = bench_retrieval(args, model, folder, floors, amp)
                 # this machine's speed drifts: the floor, measured again after the workloads,
                 # must not be the one that makes our path look close to it
-                after = measure_floor(PseudoVideo(model), paths, masks)
-                results["floor_after"] = {"t_encode_s": after[0], "t_pair_s": after[1]}
+                results["floor_after"] = {p: measure_floor(PseudoVideo(model, on), paths[0], masks[0])
+                                          for p, on in (("fp32", False), ("amp", amp))}
             if "segmentation" in suites:
-                results["segmentation"] = bench_segmentation(args, predictor, model, folder)
+                results["segmentation"] = bench_segmentation(args, model, folder, amp)
         if "features" in suites:
-            results["features"] = bench_features(args, device, folder)
+            results["features"] = bench_features(args, device, folder, amp)
         if "topk" in suites:
             (folder / "topk").mkdir()
             results["topk"] = bench_topk(args, folder / "topk")
-    save_json(Path(args.output_dir) / "bench_results.json", results)
-    return finish(args.output_dir, results, report(results))
+    return finish(args, results, report(results))
 
 
 def report(results: dict) -> str:
     rows = []
     for name in ("floor", "floor_after"):
         if name in results:
-            rows.append([f"{name.replace('_', ' ')}: t_encode | t_pair (s)", f"{results[name]['t_encode_s']:.3f}",
-                         f"{results[name]['t_pair_s']:.3f}", "", ""])
+            f = results[name]
+            rows.append([f"{name.replace('_', ' ')}: t_encode | t_pair (s)",
+                         f"{f['fp32']['t_encode_s']:.3f} | {f['fp32']['t_pair_s']:.3f}",
+                         f"{f['amp']['t_encode_s']:.3f} | {f['amp']['t_pair_s']:.3f}",
+                         f"{f['fp32']['t_encode_s'] / f['amp']['t_encode_s']:.2f}x | "
+                         f"{f['fp32']['t_pair_s'] / f['amp']['t_pair_s']:.2f}x", ""])
     for name, r in results.get("retrieval", {}).items():
-        rows.append([f"{name}: s/pair official | ours | floor", f"{r['official_s_per_pair']:.3f}",
-                     f"{r['ours_s_per_pair']:.3f}", f"{r['floor_s_per_pair']:.3f}",
-                     f"{r['speedup_vs_official']:.2f}x vs official (floor: {r['floor_speedup_vs_official']:.2f}x), "
-                     f"{r['ours_vs_floor']:.2f}x floor, "
-                     f"{r['encoder_passes']} passes / {r['distinct_images']} images"])
+        rows.append([f"{name} {r['pairs']} pairs: s/pair (official {r['official_s_per_pair']:.2f}, "
+                     f"extrapolated from {r['official_sampled_pairs']})",
+                     f"{r['fp32']['s_per_pair']:.3f}", f"{r['amp']['s_per_pair']:.3f}", f"{r['amp_speedup']:.2f}x",
+                     f"fp32 {r['fp32']['speedup_vs_official']:.2f}x official, {r['fp32']['vs_floor']:.2f}x floor; "
+                     f"amp {r['amp']['speedup_vs_official']:.2f}x official, {r['amp']['vs_floor']:.2f}x floor; "
+                     f"{r['fp32']['encoder_passes']} passes / {r['distinct_images']} images; max |d score| "
+                     f"{r['max_score_diff']:.4f}, ties {r['tied_share_fp32']:.1%} | {r['tied_share_amp']:.1%}"])
     if "segmentation" in results:
         r = results["segmentation"]
-        rows.append(["segmentation: s/target official | ours", f"{r['official_s_per_target']:.3f}",
-                     f"{r['ours_s_per_target']:.3f}", "", f"{r['speedup_vs_official']:.2f}x vs official"])
+        rows.append([f"segmentation: s/target (official {r['official_s_per_target']:.2f})",
+                     f"{r['fp32']['s_per_target']:.3f}", f"{r['amp']['s_per_target']:.3f}", f"{r['amp_speedup']:.2f}x",
+                     f"fp32 {r['fp32']['speedup_vs_official']:.2f}x official; masks agree on "
+                     f"{r['mask_agreement']:.2%} of pixels; max |d score| {r['max_score_diff']:.4f}"])
     if "features" in results:
         r = results["features"]
-        rows.append([f"features @{r['resolution']}: img/s pipeline | bare", f"{r['pipeline_images_per_s']:.2f}",
-                     f"{r['bare_forward_images_per_s']:.2f}", "", f"{r['pipeline_vs_bare']:.2f}x bare"])
+        rows.append([f"features @{r['resolution']}: img/s pipeline | bare",
+                     f"{r['fp32']['pipeline_images_per_s']:.2f} | {r['fp32']['bare_forward_images_per_s']:.2f}",
+                     f"{r['amp']['pipeline_images_per_s']:.2f} | {r['amp']['bare_forward_images_per_s']:.2f}",
+                     f"{r['amp_speedup']:.2f}x",
+                     f"pipeline/bare fp32 {r['fp32']['pipeline_vs_bare']:.2f}, amp {r['amp']['pipeline_vs_bare']:.2f}; "
+                     f"max |d feature| {r['max_feature_diff']:.4f}, min cos {r['min_cosine_fp32_amp']:.4f}"])
     if "topk" in results:
         r = results["topk"]
-        rows.append([f"top-K {r['database']:,} x 384: s sharded | flat", f"{r['sharded_s']:.2f}", f"{r['flat_s']:.2f}",
-                     "", f"peak MB {r['sharded_peak_mb']:.0f} vs {r['flat_peak_mb']:.0f} (one shard "
+        rows.append([f"top-K {r['database']:,} x 384: s sharded | flat", f"{r['sharded_s']:.2f} | {r['flat_s']:.2f}",
+                     "", "", f"peak MB {r['sharded_peak_mb']:.0f} vs {r['flat_peak_mb']:.0f} (one shard "
                      f"{r['one_shard_mb']:.0f}); identical: {r['identical']}"])
-    return format_table(["measure", "a", "b", "c", "ratio"], rows)
+    return format_table(["measure", "fp32", "amp", "amp speed-up", "notes"], rows)
 
 
 if __name__ == "__main__":

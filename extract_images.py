@@ -3,42 +3,44 @@
     python extract_images.py --images_dir outputs/ilias/images
 
 Reads the same shards as precompute_features_ilias.py (`--source hf` or `local`) and writes each
-image's original JPEG bytes to <images_dir>/<key>.jpg (keys like <object>/query/Q000_00), plus
-<images_dir>/index.json (key -> file). Images already there are skipped. The distractors that
-re-ranking needs come from extract_candidates.py.
+image's original JPEG bytes to <images_dir>/<key>.jpg (keys like <object>/query/Q000_00; the
+re-ranking decodes them as stage 1 did, see utils/ilias_store.py). Images already there are
+skipped. Counts go to <output_dir>/metrics.json. The distractors that re-ranking needs come from
+extract_candidates.py.
 """
-import argparse
 from pathlib import Path
 
-from utils.cli import finish, format_table, progress
-from utils.errors import CliParser, run_cli
-from utils.loaders.ilias import add_source_args, read_shard, shard_location, update_image_index, write_image
+from utils.cli import CliParser, add_ilias_source_args, finish, format_table, progress
+from utils.errors import run_cli
+from utils.ilias_store import write_image
+from utils.loaders.ilias import read_shard, shard_location
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = CliParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_source_args(parser)
+def get_args_parser() -> CliParser:
+    parser = CliParser(__doc__)
+    add_ilias_source_args(parser)
     parser.add_argument("--images_dir", default="outputs/ilias/images")
+    parser.add_argument("--output_dir", default="outputs/ilias/extract_images")
     return parser
 
 
 def main(args) -> dict:
-    images_dir = Path(args.images_dir)
     counts = {}
     for split in ("queries", "db"):
-        written = present = 0
-        keys = []
+        images = written = without_jpg = 0
         for shard in getattr(args, f"{split}_shards"):
-            for sample in progress(read_shard(shard_location(args, split, shard), split), desc=shard, unit="img"):
-                keys.append(sample.key)
-                if write_image(images_dir, sample):
-                    written += 1
-                else:
-                    present += 1
-        update_image_index(images_dir, keys)
-        counts[split] = {"images": len(keys), "written": written, "already_present": present}
-    rows = [[split, c["images"], c["written"], c["already_present"]] for split, c in counts.items()]
-    return finish(images_dir, counts, format_table(["split", "images", "written", "already present"], rows))
+            location = shard_location(args.source, args.data_path, getattr(args, f"{split}_repo"), shard)
+            for sample in progress(read_shard(location, split), desc=shard, unit="img"):
+                if sample.jpeg is None:  # no feature either: never a candidate
+                    without_jpg += 1
+                    continue
+                images += 1
+                written += write_image(Path(args.images_dir), sample.key, sample.jpeg)
+        counts[split] = {"images": images, "written": written, "already_present": images - written,
+                         "samples_without_jpg": without_jpg}
+    columns = ["images", "written", "already_present", "samples_without_jpg"]
+    rows = [[split, *(c[name] for name in columns)] for split, c in counts.items()]
+    return finish(args, counts, format_table(["split", "images", "written", "already present", "without jpg"], rows))
 
 
 if __name__ == "__main__":

@@ -65,8 +65,8 @@ def source_args(root, info, **shards):
 
 
 def extract(root, info, tiny_dinov2, output_dir, *extra, **shards):
-    argv = [*source_args(root, info, **shards), "--model", str(tiny_dinov2), "--resolution", "56",
-            "--output_dir", str(output_dir), "--batch_size", "4", "--num_workers", "2", "--device", "cpu",
+    argv = [*source_args(root, info, **shards), "--dinov2", str(tiny_dinov2), "--dinov2_resolution", "56",
+            "--output_dir", str(output_dir), "--dinov2_batch_size", "4", "--num_workers", "2", "--device", "cpu",
             *map(str, extra)]
     return features_script.main(features_script.get_args_parser().parse_args(argv))
 

@@ -68,12 +68,12 @@ def rerank_case(ctx, tmp, *extra, stage1=None):
     stage1 = stage1 or ctx["stage1"]
     return sam2_reranking, ["--topk_dir", str(stage1), "--features_dir", str(ctx["features"]),
                             "--images_dir", str(stage1 / "images"), "--output_dir", str(tmp / "out"),
-                            "--k", "5", *sam2_args(ctx["tiny_sam2"]), *map(str, extra)]
+                            "--rerank_depth", "5", *sam2_args(ctx["tiny_sam2"]), *map(str, extra)]
 
 
 def train_case(ctx, tmp, dataset, root, *extra):
     return train_revisitop, ["--dataset_file", dataset, "--data_path", str(root), "--output_dir", str(tmp / "out"),
-                             "--epochs", "1", "--samples_per_epoch", "2", "--batch_size", "2", "--val_fraction", "0.4",
+                             "--epochs", "1", "--samples_per_epoch", "2", "--triplets_per_step", "2", "--val_fraction", "0.4",
                              *sam2_args(ctx["tiny_sam2"]), *map(str, extra)]
 
 
@@ -109,19 +109,19 @@ CASES = {
     "permir: foreign cache": lambda c, t: (sam2_permir_obj_scores, ["--dataset_file", "permir", "--data_path", str(c["permirs"]), "--output_dir", str(c["foreign_cache_dir"]), "--stage", "retrieve", *sam2_args(c["tiny_sam2"])], "--rebuild_cache"),
     "permir: bad masks file": lambda c, t: (sam2_permir_obj_scores, ["--dataset_file", "permir", "--data_path", str(permirs(t, lambda v: np.save(v / "masks.npz.npy", np.arange(3)))), "--output_dir", str(t / "out"), *sam2_args(c["tiny_sam2"])], "video_1"),
     # ILIAS first stage
-    "features: missing shard": lambda c, t: (*ilias_case(precompute_features_ilias, c, t, "--split", "db", "--db_shards", "gone-000000.tar", "--model", c["tiny_dinov2"], "--output_dir", t / "out"), "gone-000000.tar"),
-    "features: corrupt image": lambda c, t: (*ilias_case(precompute_features_ilias, c, t, "--split", "distractors", "--distractors_shards", c["corrupt_shard"].name, "--data_path", c["corrupt_shard"].parent, "--model", c["tiny_dinov2"], "--resolution", 56, "--output_dir", t / "out"), "--skip_corrupt"),
-    "features: manifests of another resolution": lambda c, t: (*ilias_case(precompute_features_ilias, c, t, "--split", "queries", "--model", c["tiny_dinov2"], "--resolution", 112, "--output_dir", c["features"]), "resolution"),
-    "features: missing model": lambda c, t: (*ilias_case(precompute_features_ilias, c, t, "--model", t / "no_model", "--output_dir", t / "out"), "--dinov2"),
-    "topk: k larger than the database": lambda c, t: (topk_candidates_ilias, ["--features_dir", str(c["features"]), "--output_dir", str(t / "out"), "--k", "1000"], "--k"),
+    "features: missing shard": lambda c, t: (*ilias_case(precompute_features_ilias, c, t, "--split", "db", "--db_shards", "gone-000000.tar", "--dinov2", c["tiny_dinov2"], "--output_dir", t / "out"), "gone-000000.tar"),
+    "features: corrupt image": lambda c, t: (*ilias_case(precompute_features_ilias, c, t, "--split", "distractors", "--distractors_shards", c["corrupt_shard"].name, "--data_path", c["corrupt_shard"].parent, "--dinov2", c["tiny_dinov2"], "--dinov2_resolution", 56, "--output_dir", t / "out"), "--skip_corrupt"),
+    "features: manifests of another resolution": lambda c, t: (*ilias_case(precompute_features_ilias, c, t, "--split", "queries", "--dinov2", c["tiny_dinov2"], "--dinov2_resolution", 112, "--output_dir", c["features"]), "resolution"),
+    "features: missing model": lambda c, t: (*ilias_case(precompute_features_ilias, c, t, "--dinov2", t / "no_model", "--output_dir", t / "out"), "--dinov2"),
+    "topk: k larger than the database": lambda c, t: (topk_candidates_ilias, ["--features_dir", str(c["features"]), "--output_dir", str(t / "out"), "--topk", "1000"], "--topk"),
     "topk: no features": lambda c, t: (topk_candidates_ilias, ["--features_dir", str(t / "none"), "--output_dir", str(t / "out")], "manifest.json"),
-    "images: missing shard": lambda c, t: (*ilias_case(extract_images, c, t, "--queries_shards", "gone-000000.tar", "--images_dir", t / "images"), "gone-000000.tar"),
-    "candidates: k larger than the top-K": lambda c, t: (*ilias_case(extract_candidates, c, t, "--k", 99, "--topk_dir", c["stage1"], "--features_dir", c["features"], "--images_dir", t / "images"), "--k"),
-    "candidates: top-K of another run": lambda c, t: (*ilias_case(extract_candidates, c, t, "--topk_dir", c["mismatched_stage1"], "--features_dir", c["features"], "--images_dir", t / "images"), "topk_candidates_ilias.py"),
+    "images: missing shard": lambda c, t: (*ilias_case(extract_images, c, t, "--queries_shards", "gone-000000.tar", "--images_dir", t / "images", "--output_dir", t / "out"), "gone-000000.tar"),
+    "candidates: k larger than the top-K": lambda c, t: (*ilias_case(extract_candidates, c, t, "--rerank_depth", 99, "--topk_dir", c["stage1"], "--features_dir", c["features"], "--images_dir", t / "images", "--output_dir", t / "out"), "--rerank_depth"),
+    "candidates: top-K of another run": lambda c, t: (*ilias_case(extract_candidates, c, t, "--topk_dir", c["mismatched_stage1"], "--features_dir", c["features"], "--images_dir", t / "images", "--output_dir", t / "out"), "topk_candidates_ilias.py"),
     # sam2_reranking.py
-    "rerank: missing candidate images": lambda c, t: (*rerank_case(c, t, "--k", 21), "extract_candidates.py"),
+    "rerank: missing candidate images": lambda c, t: (*rerank_case(c, t, "--rerank_depth", 21), "extract_candidates.py"),
     "rerank: top-K of another run": lambda c, t: (*rerank_case(c, t, stage1=c["mismatched_stage1"]), "topk_candidates_ilias.py"),
-    "rerank: k larger than the top-K": lambda c, t: (*rerank_case(c, t, "--k", 22), "--k"),
+    "rerank: k larger than the top-K": lambda c, t: (*rerank_case(c, t, "--rerank_depth", 22), "--rerank_depth"),
     "rerank: head of another SAM2 size": lambda c, t: (*rerank_case(c, t, "--head_checkpoint", c["foreign_head"]), "--head_checkpoint"),
     # train_revisitop.py
     "train: missing gnd": lambda c, t: (*train_case(c, t, "rparis6k", c["revisitop"]), "rparis6k"),
@@ -142,10 +142,10 @@ def ctx(tiny_sam2, tiny_dinov2, ilias, features, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad_inputs")
     root, info = ilias
     stage1 = tmp / "stage1"
-    topk.main(topk.get_args_parser().parse_args(["--features_dir", str(features), "--output_dir", str(stage1), "--k", "21"]))
-    extract_images.main(extract_images.get_args_parser().parse_args([*source_args(root, info), "--images_dir", str(stage1 / "images")]))
+    topk.main(topk.get_args_parser().parse_args(["--features_dir", str(features), "--output_dir", str(stage1), "--topk", "21"]))
+    extract_images.main(extract_images.get_args_parser().parse_args([*source_args(root, info), "--images_dir", str(stage1 / "images"), "--output_dir", str(tmp / "ei")]))
     extract_candidates.main(extract_candidates.get_args_parser().parse_args(
-        [*source_args(root, info), "--k", "5", "--topk_dir", str(stage1), "--features_dir", str(features), "--images_dir", str(stage1 / "images")]))
+        [*source_args(root, info), "--rerank_depth", "5", "--topk_dir", str(stage1), "--features_dir", str(features), "--images_dir", str(stage1 / "images"), "--output_dir", str(tmp / "ec")]))
     mismatched = tmp / "mismatched"
     shutil.copytree(stage1, mismatched)
     np.save(mismatched / "topk_indices.npy", np.load(stage1 / "topk_indices.npy")[:3])
@@ -173,7 +173,7 @@ def ctx(tiny_sam2, tiny_dinov2, ilias, features, tmp_path_factory):
     trained = tmp / "trained"
     train_revisitop.main(train_revisitop.get_args_parser().parse_args(
         ["--dataset_file", "roxford5k", "--data_path", str(revisitop), "--output_dir", str(trained), "--epochs", "1",
-         "--samples_per_epoch", "2", "--batch_size", "2", "--val_fraction", "0.4", *sam2_args(tiny_sam2)]))
+         "--samples_per_epoch", "2", "--triplets_per_step", "2", "--val_fraction", "0.4", *sam2_args(tiny_sam2)]))
     return {"tiny_sam2": tiny_sam2, "tiny_dinov2": tiny_dinov2, "ilias": ilias, "features": features,
             "stage1": stage1, "mismatched_stage1": mismatched, "other_yaml": other_yaml, "a_file": a_file,
             "permirs": write_permirs(tmp / "permirs", num_videos=2), "foreign_cache_dir": foreign_cache_dir,

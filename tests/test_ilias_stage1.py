@@ -18,7 +18,7 @@ from utils import dinov2
 from utils.errors import UserError
 
 
-def run_topk(features_dir, output_dir, *extra):
+def run_topk(features_dir, output_dir, *extra):  # extra: e.g. --topk 21
     argv = ["--features_dir", str(features_dir), "--output_dir", str(output_dir), *map(str, extra)]
     return topk_script.main(topk_script.get_args_parser().parse_args(argv))
 
@@ -67,7 +67,7 @@ def brute_force_topk(queries, database, k):
 
 
 def test_topk_equals_brute_force(features, tmp_path, capsys):
-    metrics = run_topk(features, tmp_path, "--k", 21)
+    metrics = run_topk(features, tmp_path, "--topk", 21)
     printed = capsys.readouterr().out
     queries, query_keys, _ = split_arrays(features, "queries")
     db, db_keys, _ = split_arrays(features, "db")
@@ -134,41 +134,42 @@ def test_bad_inputs(ilias, features, tiny_dinov2, tmp_path):
         extract(root, info, tiny_dinov2, tmp_path / "x", "--split", "db", db=["nope-000000.tar"])
     assert "nope-000000.tar" in missing.value.where and "--source local" in missing.value.fix
     with pytest.raises(UserError, match="resolution=56, not 112"):  # features of another setting
-        extract(root, info, tiny_dinov2, features, "--split", "queries", "--resolution", 112)
-    with pytest.raises(UserError, match="--k"):
-        run_topk(features, tmp_path / "t", "--k", 22)
+        extract(root, info, tiny_dinov2, features, "--split", "queries", "--dinov2_resolution", 112)
+    with pytest.raises(UserError, match="--topk"):
+        run_topk(features, tmp_path / "t", "--topk", 22)
 
 
 def test_images_and_candidates(ilias, features, tmp_path):
     root, info = ilias
-    run_topk(features, tmp_path, "--k", 21)
+    run_topk(features, tmp_path, "--topk", 21)
     images = tmp_path / "images"
-    argv = [*source_args(root, info), "--images_dir", str(images)]
+    argv = [*source_args(root, info), "--images_dir", str(images), "--output_dir", str(tmp_path / "extract")]
     first = extract_images.main(extract_images.get_args_parser().parse_args(argv))
     assert first["queries"]["written"] == 6 and first["db"]["written"] == 12
+    assert (tmp_path / "extract" / "metrics.json").is_file() and not (images / "metrics.json").exists()
     again = extract_images.main(extract_images.get_args_parser().parse_args(argv))
     assert again["db"]["written"] == 0 and again["db"]["already_present"] == 12
     for key, (jpeg, _) in info["samples"].items():
         assert (images / f"{key}.jpg").read_bytes() == jpeg
 
-    argv = [*source_args(root, info), "--k", "15", "--topk_dir", str(tmp_path),
-            "--features_dir", str(features), "--images_dir", str(images)]
+    argv = [*source_args(root, info), "--rerank_depth", "15", "--topk_dir", str(tmp_path),
+            "--features_dir", str(features), "--images_dir", str(images), "--output_dir", str(tmp_path / "cand")]
     counts = extract_candidates.main(extract_candidates.get_args_parser().parse_args(argv))
     indices = np.load(tmp_path / "topk_indices.npy")[:, :15]
     _, distractor_keys, _ = split_arrays(features, "distractors")
     needed = {distractor_keys[i - 12] for i in np.unique(indices[indices >= 12])}
-    assert counts["needed"] == len(needed) > 0 and counts["found"] == len(needed)
+    assert counts["needed"] == len(needed) > 0 and counts["written"] == len(needed)
     for key in needed:
         assert (images / f"{key}.jpg").read_bytes() == info["distractor_samples"][key]
-    index = json.loads((images / "index.json").read_text())
-    assert needed | set(info["samples"]) == set(index)
+    written = {str(p.relative_to(images).with_suffix("")) for p in images.rglob("*.jpg")}
+    assert written == needed | set(info["samples"])  # the folder holds exactly what was extracted
     rerun = extract_candidates.main(extract_candidates.get_args_parser().parse_args(argv))
-    assert rerun["found"] == 0 and rerun["already_present"] == len(needed) and rerun["shards_read"] == 0
+    assert rerun["written"] == 0 and rerun["already_present"] == len(needed) and rerun["shards_read"] == 0
     with pytest.raises(UserError, match="larger than the top-K width"):
-        extract_candidates.main(extract_candidates.get_args_parser().parse_args([*argv, "--k", "22"]))
+        extract_candidates.main(extract_candidates.get_args_parser().parse_args([*argv, "--rerank_depth", "22"]))
     meta = json.loads((tmp_path / "topk_meta.json").read_text())
     (tmp_path / "topk_meta.json").write_text(json.dumps({**meta, "db": 99}))
-    with pytest.raises(UserError, match="do not match the features"):
+    with pytest.raises(UserError, match="do not match each other or the features"):
         extract_candidates.main(extract_candidates.get_args_parser().parse_args(argv))
 
 
@@ -176,8 +177,8 @@ def test_torchrun_two_processes_equal_one(ilias, tiny_dinov2, tmp_path):
     root, info = ilias
     one, two = run_one_and_two_processes(
         "precompute_features_ilias.py",
-        lambda out: [*source_args(root, info), "--model", str(tiny_dinov2), "--resolution", "56",
-                     "--output_dir", str(out), "--batch_size", "4", "--num_workers", "1", "--device", "cpu"],
+        lambda out: [*source_args(root, info), "--dinov2", str(tiny_dinov2), "--dinov2_resolution", "56",
+                     "--output_dir", str(out), "--dinov2_batch_size", "4", "--num_workers", "1", "--device", "cpu"],
         tmp_path)
     for split in ("queries", "db", "distractors"):
         manifest = json.loads((one / split / "manifest.json").read_text())

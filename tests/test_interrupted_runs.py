@@ -1,5 +1,6 @@
 """Long stages killed with SIGKILL at several points, then rerun, end with outputs byte-identical
 to an uninterrupted run (training: the same head as the same number of uninterrupted epochs)."""
+import json
 import os
 import signal
 import subprocess
@@ -44,14 +45,20 @@ def run_killed(cmd, when=None, after_seconds=None) -> bool:
 
 
 def files(folder):
-    """The outputs, without the hidden temporary files a killed write leaves (nothing reads them)."""
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp"))}
+    """The outputs, without the hidden temporary files a killed write leaves (nothing reads them)
+    and the lock file; metrics.json without its run record."""
+    def content(path):
+        if path.name == "metrics.json":
+            return {k: v for k, v in json.loads(path.read_text()).items() if k != "run"}
+        return path.read_bytes()
+    return {p.relative_to(folder): content(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def check_resumes(make_cmd, outputs, first_part, tmp_path, ignore=()):
     """Run uninterrupted; then, killed as soon as `first_part(out)` exists and killed late, each
-    rerun must end with the same files."""
+    rerun must end with the same files (metrics.json: the same numbers; its run record names the
+    output folder). `ignore`: files that legitimately differ (a resumed run's encoder count)."""
     reference = tmp_path / "reference"
     seconds = run(make_cmd(reference))
     want = {k: v for k, v in files(outputs(reference)).items() if k.name not in ignore}
@@ -75,28 +82,30 @@ def ilias_many_shards(tmp_path_factory):
 
 def test_feature_extraction(ilias_many_shards, tiny_dinov2, tmp_path):
     root, info = ilias_many_shards
-    check_resumes(lambda out: command("precompute_features_ilias.py", *source_args(root, info), "--model", tiny_dinov2,
-                                      "--resolution", 56, "--batch_size", 2, "--num_workers", 1, "--device", "cpu",
-                                      "--output_dir", out),
+    check_resumes(lambda out: command("precompute_features_ilias.py", *source_args(root, info), "--dinov2", tiny_dinov2,
+                                      "--dinov2_resolution", 56, "--dinov2_batch_size", 2, "--num_workers", 1,
+                                      "--device", "cpu", "--output_dir", out),
                   lambda out: out, lambda out: out / "distractors" / "distractors-000000.json", tmp_path)
 
 
 def test_candidate_extraction_and_reranking(ilias, features, tiny_sam2, tmp_path):
     root, info = ilias
     stage1 = tmp_path / "stage1"
-    run(command("topk_candidates_ilias.py", "--features_dir", features, "--output_dir", stage1, "--k", 21))
-    run(command("extract_images.py", *source_args(root, info), "--images_dir", stage1 / "images"))
-    check_resumes(lambda out: command("extract_candidates.py", *source_args(root, info), "--k", 10,
-                                      "--topk_dir", stage1, "--features_dir", features, "--images_dir", out / "images"),
+    run(command("topk_candidates_ilias.py", "--features_dir", features, "--output_dir", stage1, "--topk", 21))
+    run(command("extract_images.py", *source_args(root, info), "--images_dir", stage1 / "images",
+                "--output_dir", tmp_path / "extract_images"))
+    check_resumes(lambda out: command("extract_candidates.py", *source_args(root, info), "--rerank_depth", 10,
+                                      "--topk_dir", stage1, "--features_dir", features, "--images_dir", out / "images",
+                                      "--output_dir", out / "run"),
                   lambda out: out / "images", lambda out: out / "images" / "000000", tmp_path / "candidates")
-    run(command("extract_candidates.py", *source_args(root, info), "--k", 10, "--topk_dir", stage1,
-                "--features_dir", features, "--images_dir", stage1 / "images"))
+    run(command("extract_candidates.py", *source_args(root, info), "--rerank_depth", 10, "--topk_dir", stage1,
+                "--features_dir", features, "--images_dir", stage1 / "images", "--output_dir", tmp_path / "extract"))
     cfg, ckpt = tiny_sam2
     check_resumes(lambda out: command("sam2_reranking.py", "--topk_dir", stage1, "--features_dir", features,
-                                      "--images_dir", stage1 / "images", "--output_dir", out, "--k", 10,
+                                      "--images_dir", stage1 / "images", "--output_dir", out, "--rerank_depth", 10,
                                       "--sam2_cfg", cfg, "--sam2_checkpoint", ckpt, "--device", "cpu",
                                       "--chunk_size", 3),
-                  lambda out: out, lambda out: out / "parts" / "chunk_00000.npy", tmp_path / "rerank",
+                  lambda out: out, lambda out: out / "parts" / "chunk_00000.npz", tmp_path / "rerank",
                   ignore=("metrics.json",))
 
 
@@ -112,7 +121,7 @@ def test_training_resume(tiny_sam2, tmp_path):
     data = write_revisitop(tmp_path / "revisitop")
     cfg, ckpt = tiny_sam2
     args = ["--dataset_file", "roxford5k", "--data_path", data, "--sam2_cfg", cfg, "--sam2_checkpoint", ckpt,
-            "--device", "cpu", "--epochs", 3, "--samples_per_epoch", 4, "--batch_size", 2, "--num_negatives", 2,
+            "--device", "cpu", "--epochs", 3, "--samples_per_epoch", 4, "--triplets_per_step", 2, "--num_negatives", 2,
             "--val_fraction", 0.4, "--val_anchors", 2, "--val_negatives", 3, "--lr", "1e-2"]
     reference = tmp_path / "reference"
     run(command("train_revisitop.py", *args, "--output_dir", reference))

@@ -9,7 +9,10 @@ from sklearn.metrics import average_precision_score
 import sam2_permir_obj_scores as permir
 from conftest import run_script, write_permirs
 from utils.errors import UserError
+from PIL import Image
+
 from utils.io import unpack_masks
+from utils.metrics import pdm_crop_fraction
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def run_main(tiny_sam2, root, output_dir, *extra):
     cfg, ckpt = tiny_sam2
     argv = ["--dataset_file", "permir", "--data_path", str(root), "--output_dir", str(output_dir),
             "--sam2_cfg", str(cfg), "--sam2_checkpoint", str(ckpt), "--device", "cpu",
-            "--batch_size", "4", *map(str, extra)]
+            "--pair_batch_size", "4", *map(str, extra)]
     return permir.main(permir.get_args_parser().parse_args(argv))
 
 
@@ -48,17 +51,17 @@ def test_end_to_end(tiny_sam2, tiny_dinov2, permir_root, tmp_path, capsys):
     top1 = positives[np.arange(3), scores.argmax(axis=1)]
     assert metrics["recall@1"] == pytest.approx(100 * top1.mean())
     assert metrics["recall@50"] == 100.0  # the gallery is smaller than 50
-    assert json.loads((out / "metrics.json").read_text())["map"] == metrics["map"]
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
 
     # every distinct image through the image encoder exactly once
     assert metrics["encoder_passes"] == 3 + 6
     assert "image encoder passes: 9 (distinct images: 9)" in printed
 
-    # the query is each video's frame with the largest mask, its mask the prompt
+    # the query is each video's frame with the largest mask on PDM's crop, its mask the prompt
     for path, label, mask in zip(data["query_paths"], data["query_labels"], unpack_masks(data["query_masks"])):
         frame_masks = [next(iter(m.values())) for m in
                        np.load(permir_root / label / "masks.npz.npy", allow_pickle=True)]
-        best = int(np.argmax([m.sum() for m in frame_masks]))
+        best = int(np.argmax([pdm_crop_fraction(m) for m in frame_masks]))
         assert path.endswith(f"{label}/{best}.jpg") and np.array_equal(mask, frame_masks[best])
 
     baseline = np.load(out / "dinov2_scores.npy")
@@ -71,18 +74,39 @@ def test_end_to_end(tiny_sam2, tiny_dinov2, permir_root, tmp_path, capsys):
 def test_cache_then_retrieve_equals_all(tiny_sam2, permir_root, tmp_path):
     run_main(tiny_sam2, permir_root, tmp_path / "all", "--score", "object")
     split = run_main(tiny_sam2, permir_root, tmp_path / "split", "--stage", "cache")
-    assert split["queries"] == 3 and split["gallery images"] == 6
+    assert split["queries"] == 3 and split["gallery_images"] == 6
     retrieved = run_main(tiny_sam2, permir_root, tmp_path / "split", "--stage", "retrieve", "--score", "object")
     assert np.array_equal(np.load(tmp_path / "all" / "scores.npy"), np.load(tmp_path / "split" / "scores.npy"))
     assert retrieved["score"] == "object"
 
 
-def test_scores_differ_by_kind(tiny_sam2, permir_root, tmp_path):
-    iou = run_main(tiny_sam2, permir_root, tmp_path / "iou")
-    product = run_main(tiny_sam2, permir_root, tmp_path / "product", "--score", "iou_x_object")
-    assert iou["score"] == "iou" and product["score"] == "iou_x_object"
-    assert not np.array_equal(np.load(tmp_path / "iou" / "scores.npy"),
-                              np.load(tmp_path / "product" / "scores.npy"))
+def test_score_kinds(tiny_sam2, permir_root, tmp_path):
+    """`iou_x_object` is the product of the `iou` and `object` scores of the same pairs."""
+    scores = {}
+    for kind in ("iou", "object", "iou_x_object"):
+        assert run_main(tiny_sam2, permir_root, tmp_path / kind, "--score", kind)["score"] == kind
+        scores[kind] = np.load(tmp_path / kind / "scores.npy")
+    assert 0 < scores["object"].min() and scores["object"].max() < 1  # a sigmoid
+    np.testing.assert_allclose(scores["iou_x_object"], scores["iou"] * scores["object"], rtol=1e-6)
+
+
+def test_query_is_chosen_on_pdm_crop_not_on_the_frame(tmp_path):
+    """A 16:9 video whose frames hold 0.30%, 0.45% and 0.40% of the frame: PDM measures them on
+    its square crop (0.54%, 0.80%, 0.71%): the video is kept, and frame 1 is the query."""
+    from utils.loaders.permirs import load_permirs_videos, permir_split
+    from utils.synthetic import write_jpeg
+
+    video = tmp_path / "data" / "wide"
+    masks = []
+    for f, pixels in enumerate((2800, 4200, 3700)):
+        mask = np.zeros((720, 1280), bool)
+        mask[300:300 + pixels // 100, 500:600] = True
+        masks.append({3: mask})
+        write_jpeg(video / f"{f}.jpg", Image.new("RGB", (1280, 720), (90, 90, 90)))
+    np.save(video / "masks.npz.npy", np.array(masks, dtype=object), allow_pickle=True)
+    split, dropped = permir_split(load_permirs_videos(tmp_path / "data"))
+    assert dropped == 0 and split.query_paths == [video / "1.jpg"]
+    assert split.gallery_paths == [video / "0.jpg", video / "2.jpg"]
 
 
 def test_bad_cache_files(tiny_sam2, permir_root, tmp_path):
@@ -98,6 +122,9 @@ def test_bad_cache_files(tiny_sam2, permir_root, tmp_path):
         run_main(tiny_sam2, other, out, "--stage", "retrieve")
     with pytest.raises(UserError, match="no PerMIR cache"):
         run_main(tiny_sam2, permir_root, tmp_path / "empty", "--stage", "retrieve")
+    with pytest.raises(UserError, match="not retrieve") as ignored:  # never silently ignored
+        run_main(tiny_sam2, permir_root, out, "--stage", "retrieve", "--rebuild_cache")
+    assert "--stage all --rebuild_cache" in ignored.value.fix
 
 
 def test_cli_one_line_errors(tiny_sam2, permir_root, tmp_path):

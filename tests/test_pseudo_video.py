@@ -10,7 +10,7 @@ from sam2.build_sam import build_sam2_video_predictor
 
 import utils.pseudo_video as pv
 from tiny_sam2 import TINY_CFG, TINY_OVERRIDES
-from utils.pseudo_video import PseudoVideo
+from utils.pseudo_video import Prompt, PseudoVideo
 from utils.sam2_model import build_sam2_model
 from utils.synthetic import render_object, render_scene, write_jpeg
 
@@ -86,8 +86,8 @@ def run_official(predictor, frames_dir, order, prompts, kind, tmp_path):
 def run_engine(model, frames_dir, order, prompts, kind):
     engine = PseudoVideo(model)
     frames = [engine.prepare(Image.open(frames_dir / f"{i}.jpg"), image_id=str(i)) for i in order]
-    prompt = {"masks": prompts} if kind == "mask" else {"boxes": prompts}
-    reference = engine.encode_reference(frames[:-1], **prompt)
+    reference = engine.encode_reference(frames[:-1], [Prompt(mask=p) if kind == "mask" else Prompt(box=tuple(p))
+                                                      for p in prompts])
     return engine.score_targets(reference, frames[-1:])
 
 
@@ -206,7 +206,7 @@ def test_equivalence_check_detects_drift(models, frames_dir, tmp_path, monkeypat
 
     engine = PseudoVideo(ours)
     frames = [engine.prepare(Image.open(folder / f"{i}.jpg")) for i in (0, 1)]
-    reference = engine.encode_reference(frames[:1], masks=[masks[0]])
+    reference = engine.encode_reference(frames[:1], [Prompt(mask=masks[0])])
     for out in reference.cond_outputs.values():
         out["maskmem_features"] = torch.zeros_like(out["maskmem_features"])  # memory term gone
     no_memory = engine.score_targets(reference, frames[1:])
@@ -220,7 +220,7 @@ def test_batched_targets_equal_one_at_a_time(models, frames_dir):
     frames = [engine.prepare(Image.open(folder / f"{i}.jpg")) for i in range(4)]
     # targets of different sizes in one batch: each mask comes back at its own size
     frames[3] = engine.prepare(Image.open(folder / "3.jpg").resize((80, 60)))
-    reference = engine.encode_reference(frames[:1], masks=[masks[0]])
+    reference = engine.encode_reference(frames[:1], [Prompt(mask=masks[0])])
     batch = engine.score_targets(reference, frames[1:])
     for b, frame in enumerate(frames[1:]):
         single = engine.score_targets(reference, [frame])
@@ -237,12 +237,12 @@ def test_each_image_is_encoded_once(models, frames_dir):
     folder, masks = frames_dir
     engine = PseudoVideo(ours)
     frames = [engine.prepare(Image.open(folder / f"{i}.jpg"), image_id=f"img{i}") for i in range(4)]
-    first = engine.score_targets(engine.encode_reference(frames[:1], masks=[masks[0]]), frames[1:])
-    second_ref = engine.encode_reference(frames[1:2], masks=[masks[1]])
+    first = engine.score_targets(engine.encode_reference(frames[:1], [Prompt(mask=masks[0])]), frames[1:])
+    second_ref = engine.encode_reference(frames[1:2], [Prompt(mask=masks[1])])
     again = engine.score_targets(second_ref, [frames[2], frames[3], frames[2], frames[0]])
     assert engine.encoder_passes == 4  # 4 distinct images, 2 references, 7 targets
     fresh = PseudoVideo(ours)  # cached features give the same scores as fresh ones
-    fresh_scores = fresh.score_targets(fresh.encode_reference(frames[1:2], masks=[masks[1]]), frames[2:4])
+    fresh_scores = fresh.score_targets(fresh.encode_reference(frames[1:2], [Prompt(mask=masks[1])]), frames[2:4])
     torch.testing.assert_close(again.ious[:2], fresh_scores.ious, atol=1e-6, rtol=0)
     torch.testing.assert_close(again.ious[0], again.ious[2])
     assert first.ious.shape == (3, 3)
@@ -253,7 +253,7 @@ def test_presence_scores(models, frames_dir):
     folder, masks = frames_dir
     engine = PseudoVideo(ours)
     frames = [engine.prepare(Image.open(folder / f"{i}.jpg")) for i in range(3)]
-    scores = engine.score_targets(engine.encode_reference(frames[:1], masks=[masks[0]]), frames[1:])
+    scores = engine.score_targets(engine.encode_reference(frames[:1], [Prompt(mask=masks[0])]), frames[1:])
     torch.testing.assert_close(scores.score("iou"), scores.ious.max(dim=1).values)
     object_prob = torch.sigmoid(scores.object_score_logit)
     torch.testing.assert_close(scores.score("object"), object_prob)
@@ -267,8 +267,8 @@ def test_pairs_with_different_references_equal_one_reference_at_a_time(models, f
     folder, masks = frames_dir
     engine = PseudoVideo(ours)
     frames = [engine.prepare(Image.open(folder / f"{i}.jpg"), image_id=str(i)) for i in range(4)]
-    mask_ref = engine.encode_reference(frames[:1], masks=[masks[0]])
-    box_ref = engine.encode_reference(frames[1:2], boxes=[BOXES[0]])
+    mask_ref = engine.encode_reference(frames[:1], [Prompt(mask=masks[0])])
+    box_ref = engine.encode_reference(frames[1:2], [Prompt(box=tuple(BOXES[0]))])
     pairs = engine.score_pairs([mask_ref, box_ref, mask_ref], [frames[2], frames[2], frames[3]])
     for b, (reference, frame) in enumerate([(mask_ref, frames[2]), (box_ref, frames[2]), (mask_ref, frames[3])]):
         alone = engine.score_targets(reference, [frame])
@@ -276,3 +276,60 @@ def test_pairs_with_different_references_equal_one_reference_at_a_time(models, f
         torch.testing.assert_close(pairs.ious[b], alone.ious[0], atol=1e-6, rtol=0)
         torch.testing.assert_close(pairs.object_score_logit[b], alone.object_score_logit[0], atol=1e-5, rtol=0)
     assert engine.encoder_passes == 4
+
+
+@pytest.fixture(scope="module")
+def many_targets():
+    """Nine scenes of one object (the first is the reference), with its masks."""
+    rng = np.random.default_rng(7)
+    obj = render_object(8)
+    return [render_scene(rng, obj, HEIGHT, WIDTH, scale=0.5) for _ in range(9)]
+
+
+def scores_of(model, scenes, amp):
+    engine = PseudoVideo(model, amp)
+    frames = [engine.prepare(image, image_id=str(i)) for i, (image, _) in enumerate(scenes)]
+    reference = engine.encode_reference(frames[:1], [Prompt(mask=scenes[0][1])])
+    return engine.score_targets(reference, frames[1:])
+
+
+def on_bf16_grid(values: torch.Tensor) -> torch.Tensor:
+    return values.to(torch.bfloat16).float() == values
+
+
+# measured on this shrunk model: |amp - fp32| <= 7e-5 (IoU) and 2.3e-4 (object logit); 2e-3 leaves
+# room for other CPUs. bench.py reports the real SAM2.1-tiny's differences.
+AMP_TOLERANCE = 2e-3
+
+
+def test_amp_scores_keep_full_precision(many_targets):
+    """Under bf16 autocast the heads that make the scores run in fp32: scores are not rounded to
+    bf16 (which would leave a few hundred values, and ties), and stay close to fp32's."""
+    _, model = official_and_ours()
+    fp32, amp = scores_of(model, many_targets, False), scores_of(model, many_targets, True)
+    for got in (amp.iou, amp.object_score_logit, amp.ious.ravel()):
+        assert not on_bf16_grid(got).any()
+    assert len(set(amp.iou.tolist())) == len(amp.iou)  # distinct targets, distinct scores
+    torch.testing.assert_close(amp.ious, fp32.ious, atol=AMP_TOLERANCE, rtol=0)
+    torch.testing.assert_close(amp.object_score_logit, fp32.object_score_logit, atol=AMP_TOLERANCE, rtol=0)
+    for got, want in zip(amp.mask_logits, fp32.mask_logits):
+        assert not on_bf16_grid(got[got.abs() < 100]).all()  # the logits are not bf16 either
+        assert ((got > 0) == (want > 0)).float().mean() > 0.99
+
+
+def test_amp_without_fp32_heads_would_round_the_scores(many_targets, monkeypatch):
+    """The check above has teeth: with the decoder left to autocast, every score is a bf16 value."""
+    _, model = official_and_ours()
+    monkeypatch.setattr(pv, "keep_fp32", lambda module, device: None)
+    amp = scores_of(model, many_targets, True)
+    assert on_bf16_grid(amp.iou).all() and on_bf16_grid(amp.object_score_logit).all()
+
+
+def test_amp_is_ignored_where_bf16_is_not_native(monkeypatch, capsys):
+    import utils.amp
+
+    monkeypatch.setattr(utils.amp, "native_bf16", lambda device: False)
+    assert utils.amp.amp_enabled(True, torch.device("cpu")) is False
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--amp ignored" in err[0] and "fp32" in err[0]
+    assert utils.amp.amp_enabled(False, torch.device("cpu")) is False and not capsys.readouterr().err

@@ -13,7 +13,10 @@ import topk_candidates_ilias
 from conftest import run_one_and_two_processes
 from ilias_data import ilias_map_by_definition, source_args
 from utils.errors import UserError
-from utils.sam2_model import architecture_signature, build_sam2_model, head_tensors
+from utils.ilias_store import open_extracted, union_box
+from utils.pseudo_video import Prompt, PseudoVideo
+from utils.sam2_model import build_sam2_model
+from utils.score_head import architecture_signature, head_tensors
 
 K_WIDTH, K = 21, 5
 
@@ -24,12 +27,13 @@ def stage1(ilias, features, tmp_path_factory):
     root, info = ilias
     out = tmp_path_factory.mktemp("stage1")
     topk_candidates_ilias.main(topk_candidates_ilias.get_args_parser().parse_args(
-        ["--features_dir", str(features), "--output_dir", str(out), "--k", str(K_WIDTH)]))
+        ["--features_dir", str(features), "--output_dir", str(out), "--topk", str(K_WIDTH)]))
     images = out / "images"
-    extract_images.main(extract_images.get_args_parser().parse_args([*source_args(root, info), "--images_dir", str(images)]))
+    extract_images.main(extract_images.get_args_parser().parse_args(
+        [*source_args(root, info), "--images_dir", str(images), "--output_dir", str(out / "extract_images")]))
     extract_candidates.main(extract_candidates.get_args_parser().parse_args(
-        [*source_args(root, info), "--k", str(K), "--topk_dir", str(out), "--features_dir", str(features),
-         "--images_dir", str(images)]))
+        [*source_args(root, info), "--rerank_depth", str(K), "--topk_dir", str(out), "--features_dir", str(features),
+         "--images_dir", str(images), "--output_dir", str(out / "extract_candidates")]))
     return out
 
 
@@ -37,7 +41,8 @@ def rerank_args(tiny_sam2, features, stage1, output_dir, *extra):
     cfg, ckpt = tiny_sam2
     return ["--topk_dir", str(stage1), "--features_dir", str(features), "--images_dir", str(stage1 / "images"),
             "--output_dir", str(output_dir), "--sam2_cfg", str(cfg), "--sam2_checkpoint", str(ckpt),
-            "--device", "cpu", "--k", str(K), "--batch_size", "3", "--chunk_size", "4", *map(str, extra)]
+            "--device", "cpu", "--rerank_depth", str(K), "--pair_batch_size", "3", "--chunk_size", "4",
+            *map(str, extra)]
 
 
 def rerank(*args):
@@ -88,17 +93,40 @@ def test_resume_from_saved_parts(reranked, tiny_sam2, features, stage1, tmp_path
     resumed = tmp_path / "resumed"
     (resumed / "parts").mkdir(parents=True)
     for part in (out / "parts").iterdir():  # a run killed after its first chunk
-        if part.name in ("settings.json", "chunk_00000.npy"):
+        if part.name in ("settings.json", "chunk_00000.npz"):
             (resumed / "parts" / part.name).write_bytes(part.read_bytes())
     again = rerank(tiny_sam2, features, stage1, resumed)
     for name in ("reranked_indices.npy", "reranked_scores.npy"):
         assert (resumed / name).read_bytes() == (out / name).read_bytes()
     assert again["encoder_passes"] < metrics["encoder_passes"]
     with pytest.raises(UserError, match="other settings"):
-        rerank(tiny_sam2, features, stage1, resumed, "--score", "object")
+        rerank(tiny_sam2, features, stage1, resumed, "--query_prompt", "box_mask")
 
 
-def test_head_checkpoint_changes_scores(reranked, tiny_sam2, features, stage1, tmp_path):
+def first_pair_score(model, features, stage1, query_prompt: str) -> float:
+    """The SAM2 score of query 0 and its first-stage top candidate, computed directly."""
+    query_key, candidate = keys_of(features, "queries")[0], np.load(stage1 / "topk_indices.npy")[0, 0]
+    boxes = json.loads((features / "queries" / "queries-000000.json").read_text())["boxes"][0]
+    database = keys_of(features, "db") + keys_of(features, "distractors")
+    split = "db" if candidate < len(keys_of(features, "db")) else "distractors"
+    query = open_extracted(stage1 / "images", query_key, "queries")
+    box = union_box(boxes, query.width, query.height)
+    engine = PseudoVideo(model)
+    prompt = Prompt(box=box) if query_prompt == "box" else Prompt(mask=Prompt(box=box, box_as_mask=True).mask_for(
+        query.height, query.width))
+    reference = engine.encode_reference([engine.prepare(query)], [prompt])
+    target = engine.prepare(open_extracted(stage1 / "images", database[candidate], split))
+    return engine.score_targets(reference, [target], with_masks=False).iou.item()
+
+
+def saved_score(output_dir, stage1) -> float:
+    """The saved re-ranking score of query 0's first-stage top candidate."""
+    final = np.load(output_dir / "reranked_indices.npy")[0, :K]
+    column = list(final).index(np.load(stage1 / "topk_indices.npy")[0, 0])
+    return float(np.load(output_dir / "reranked_scores.npy")[0, column])
+
+
+def test_head_checkpoint_is_the_scoring_head(reranked, tiny_sam2, features, stage1, tmp_path):
     cfg, ckpt = tiny_sam2
     model = build_sam2_model(str(cfg), str(ckpt))
     torch.manual_seed(1)
@@ -107,24 +135,30 @@ def test_head_checkpoint_changes_scores(reranked, tiny_sam2, features, stage1, t
     torch.save({"head": head, "architecture": architecture_signature(model), "sam2_cfg": str(cfg),
                 "score": "iou"}, path)
     rerank(tiny_sam2, features, stage1, tmp_path / "out", "--head_checkpoint", path)
-    assert not np.array_equal(np.load(tmp_path / "out" / "reranked_scores.npy"),
-                              np.load(reranked[0] / "reranked_scores.npy"))
+    model.load_state_dict(head, strict=False)
+    assert saved_score(tmp_path / "out", stage1) == pytest.approx(first_pair_score(model, features, stage1, "box"),
+                                                                  abs=1e-5)
+    assert saved_score(reranked[0], stage1) == pytest.approx(
+        first_pair_score(build_sam2_model(str(cfg), str(ckpt)), features, stage1, "box"), abs=1e-5)
     torch.save({"head": head, "architecture": "0123456789abcdef", "sam2_cfg": "other"}, path)
     with pytest.raises(UserError, match="another SAM2 size"):
         rerank(tiny_sam2, features, stage1, tmp_path / "other", "--head_checkpoint", path)
 
 
-def test_box_mask_prompt(reranked, tiny_sam2, features, stage1, tmp_path):
+def test_box_mask_prompt(tiny_sam2, features, stage1, tmp_path):
+    """--query_prompt box_mask prompts each query with its box filled as a mask."""
+    cfg, ckpt = tiny_sam2
     rerank(tiny_sam2, features, stage1, tmp_path, "--query_prompt", "box_mask")
-    assert not np.array_equal(np.load(tmp_path / "reranked_scores.npy"), np.load(reranked[0] / "reranked_scores.npy"))
+    assert saved_score(tmp_path, stage1) == pytest.approx(
+        first_pair_score(build_sam2_model(str(cfg), str(ckpt)), features, stage1, "box_mask"), abs=1e-5)
 
 
 def test_bad_inputs(tiny_sam2, features, stage1, tmp_path):
     with pytest.raises(UserError, match="larger than the top-K width"):
-        rerank(tiny_sam2, features, stage1, tmp_path / "a", "--k", K_WIDTH + 1)
+        rerank(tiny_sam2, features, stage1, tmp_path / "a", "--rerank_depth", K_WIDTH + 1)
     # a candidate outside the extracted top-5 is missing: stop, never a silent zero score
     with pytest.raises(UserError, match="images are missing") as missing:
-        rerank(tiny_sam2, features, stage1, tmp_path / "b", "--k", K_WIDTH)
+        rerank(tiny_sam2, features, stage1, tmp_path / "b", "--rerank_depth", K_WIDTH)
     assert "extract_candidates.py" in missing.value.fix
 
 

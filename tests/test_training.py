@@ -11,8 +11,11 @@ from train_data import write_revisitop, write_uned
 from utils.errors import UserError
 from utils.loaders.revisitop import load_revisitop
 from utils.loaders.uned import load_uned
-from utils.pseudo_video import PseudoVideo
-from utils.sam2_model import build_sam2_model, load_head
+from utils.pair_scoring import PairScheduler
+from utils.loaders.common import open_image
+from utils.pseudo_video import Prompt, PseudoVideo
+from utils.sam2_model import build_sam2_model
+from utils.score_head import load_head
 from utils.training import TripletSampler, lazy_triplet_loss, split_classes
 
 
@@ -30,7 +33,7 @@ def train(tiny_sam2, dataset, root, output_dir, *extra):
     cfg, ckpt = tiny_sam2
     argv = ["--dataset_file", dataset, "--data_path", str(root), "--sam2_cfg", str(cfg),
             "--sam2_checkpoint", str(ckpt), "--device", "cpu", "--output_dir", str(output_dir),
-            "--epochs", "2", "--samples_per_epoch", "4", "--batch_size", "2", "--num_negatives", "2",
+            "--epochs", "2", "--samples_per_epoch", "4", "--triplets_per_step", "2", "--num_negatives", "2",
             "--val_fraction", "0.4", "--val_anchors", "2", "--val_negatives", "3", "--lr", "1e-2",
             *map(str, extra)]
     return train_revisitop.main(train_revisitop.get_args_parser().parse_args(argv))
@@ -75,14 +78,41 @@ def test_short_run_trains_only_the_head(tiny_sam2, revisitop_root, tmp_path, cap
     for name, tensor in model.state_dict().items():
         if name not in best["head"]:
             assert torch.equal(tensor, initial[name]), name
-    # and it changes the scores of the engine
-    fresh = build_sam2_model(str(cfg), str(ckpt))
-    scores = []
-    for m in (fresh, model):
-        engine = PseudoVideo(m)
-        scorer = train_revisitop.PairScorer(engine, load_revisitop(revisitop_root, ["roxford5k"]), "iou", 2)
-        scores.append(scorer([(0, 1), (0, 2)]))
-    assert not torch.equal(scores[0], scores[1])
+    # the checkpoint records its training run
+    assert best["run"]["settings"]["lr"] == 1e-2 and best["run"]["settings"]["margin"] == 0.5
+    assert best["run"]["settings"]["dataset_file"] == "roxford5k" and best["score"] == "iou"
+
+
+def test_anchors_are_prompted_as_at_inference(tiny_sam2, revisitop_root, monkeypatch):
+    """A revisitop query is its whole image prompted with its bbx (not a crop of it), as an ILIAS
+    query is at re-ranking; other items are prompted with their whole image as the box."""
+    cfg, ckpt = tiny_sam2
+    data = load_revisitop(revisitop_root, ["roxford5k"])
+    gnd = pickle.loads((revisitop_root / "roxford5k" / "gnd_roxford5k.pkl").read_bytes())
+    seen = []
+    encode_reference = PseudoVideo.encode_reference
+    monkeypatch.setattr(PseudoVideo, "encode_reference",
+                        lambda self, frames, prompts: seen.append((frames[0], prompts[0])) or
+                        encode_reference(self, frames, prompts))
+    engine = PseudoVideo(build_sam2_model(str(cfg), str(ckpt)))
+    scorer = train_revisitop.TripletScorer(PairScheduler(engine, open_image, 2), data, "iou")
+    query = data.anchors[0]
+    database_item = next(i for i, item in enumerate(data.items) if "#query" not in item.key)
+    scorer([(query, 1), (database_item, 2)])
+    (query_frame, query_prompt), (db_frame, db_prompt) = seen
+    full = open_image(data.items[query].path)
+    assert (query_frame.height, query_frame.width) == (full.height, full.width)
+    assert query_prompt.box == tuple(gnd["gnd"][0]["bbx"]) and query_prompt.mask is None
+    assert db_prompt.box == (0, 0, db_frame.width, db_frame.height)
+
+
+def test_train_on_every_class_without_validation(tiny_sam2, revisitop_root, tmp_path):
+    metrics = train(tiny_sam2, "roxford5k", revisitop_root, tmp_path, "--val_fraction", "0", "--epochs", "1")
+    assert [set(h) for h in metrics["history"]] == [{"epoch", "loss"}]
+    last = torch.load(tmp_path / "head_last.pt", weights_only=True)
+    assert last["epoch"] == 1 and not (tmp_path / "head_best.pt").exists()
+    epoch = torch.load(tmp_path / "head_epoch1.pt", weights_only=True)
+    assert all(torch.equal(last["head"][k], epoch["head"][k]) for k in last["head"])
 
 
 def test_training_is_deterministic_and_resumes(tiny_sam2, revisitop_root, tmp_path):
@@ -121,3 +151,26 @@ def test_bad_inputs(tiny_sam2, revisitop_root, tmp_path):
     (uned / "images" / entries[0]["path"]).unlink()
     with pytest.raises(UserError, match="listed but not found"):
         train(tiny_sam2, "uned", uned, tmp_path, "--uned_domains", "cars")
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(UserError, match="--val_fraction"):
+            train(tiny_sam2, "roxford5k", revisitop_root, tmp_path, "--val_fraction", bad)
+
+
+def test_uned_formats(tmp_path):
+    """Lists of class ids give an image every one of its classes; RP2K files stored under the
+    converter's escaped names are found; a class id that is not an integer is refused."""
+    root = write_uned(tmp_path / "uned", domains=("rp2k",), classes=2, per_class=2)
+    info = root / "info_files" / "rp2k" / "train.json"
+    entries = json.loads(info.read_text())
+    original = root / "images" / entries[0]["path"]
+    entries[0]["path"] = "rp2k/可乐_é.jpg"  # stored as rp2k/#U53ef#U4e50_#U00e9.jpg
+    original.rename(root / "images" / "rp2k" / "#U53ef#U4e50_#U00e9.jpg")
+    entries[1]["class_id"] = [0, 1]
+    info.write_text(json.dumps(entries))
+    data = load_uned(root, ["rp2k"])
+    assert data.items[0].path.name == "#U53ef#U4e50_#U00e9.jpg"
+    assert data.classes_of(1) == {"rp2k/0", "rp2k/1"} and data.classes_of(0) == {"rp2k/0"}
+    entries[1]["class_id"] = "0"
+    info.write_text(json.dumps(entries))
+    with pytest.raises(UserError, match="not an integer"):
+        load_uned(root, ["rp2k"])

@@ -1,11 +1,11 @@
-"""Pickle is read only for the two official formats that need it, only from the data path; every
-torch.load is weights_only; transformers never runs remote code."""
+"""No file is unpickled but through the restricted unpickler; every torch.load is weights_only;
+transformers never runs remote code."""
 import re
 import subprocess
 
 from conftest import REPO
 
-PICKLE_READERS = {"utils/loaders/permirs.py", "utils/loaders/revisitop.py"}  # masks.npz.npy, gnd_*.pkl
+RESTRICTED_UNPICKLER = "utils/safe_pickle.py"
 
 
 def tracked_python_files():
@@ -14,10 +14,11 @@ def tracked_python_files():
             not name.startswith("tests/")}
 
 
-def test_pickle_only_in_the_official_loaders():
+def test_no_unrestricted_unpickling():
     for name, text in tracked_python_files().items():
-        if re.search(r"pickle\.loads?\(|allow_pickle\s*=\s*True", text):
-            assert name in PICKLE_READERS, name
+        assert not re.search(r"pickle\.loads?\(|allow_pickle\s*=\s*True|np\.load\([^)]*allow_pickle=True", text), name
+        if name != RESTRICTED_UNPICKLER:
+            assert "Unpickler" not in text, name
 
 
 def test_torch_load_is_weights_only():
@@ -33,5 +34,5 @@ def test_no_remote_code():
 
 def test_the_files_are_checked():
     files = tracked_python_files()
-    assert PICKLE_READERS <= set(files) and len(files) > 10
+    assert RESTRICTED_UNPICKLER in files and len(files) > 10
     assert sum(len(re.findall(r"torch\.load\(", text)) for text in files.values()) >= 4

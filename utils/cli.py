@@ -1,6 +1,23 @@
-"""Flags every script shares, seeding, and the metric table a run ends with."""
+"""The flag vocabulary of every script, defined once; seeding, devices, and how a run ends (its
+metric table, and metrics.json with the run's settings).
+
+One name per meaning across scripts:
+  --dataset_file, --data_path      which dataset, where (defaults in DATA_PATHS)
+  --output_dir, --seed             where results go; the seed of every random draw
+  --sam2_cfg, --sam2_checkpoint    the SAM2 model; --device; --amp (bf16 autocast, see utils/amp.py)
+  --pair_batch_size                (reference, target) pairs per SAM2 forward
+  --dinov2, --dinov2_resolution, --dinov2_preprocess, --dinov2_batch_size (images per DINOv2 forward)
+  --topk                           first-stage candidates kept per query (the top-K width)
+  --rerank_depth                   first-stage candidates re-ranked by SAM2 per query (k <= K)
+  --visualize N                    PNGs for the first N queries (or N targets per object)
+  --source, --data_path, --<split>_repo, --<split>_shards   where the ILIAS shards come from
+"""
 import argparse
+import importlib.metadata
+import platform
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,37 +27,141 @@ from tqdm import tqdm
 from utils.errors import UserError
 from utils.io import save_json
 
+REPO = Path(__file__).resolve().parents[1]
 # dataset name -> default --data_path (PerMIS and PerMIR share the PerMIRS folder)
 DATA_PATHS = {
     "perseg": "datasets/perseg",
     "permis": "datasets/permirs",
     "permir": "datasets/permirs",
+    "custom": "my_photos",
+    "ilias": "datasets/ilias",
+    "roxford5k": "datasets/revisitop",
+    "rparis6k": "datasets/revisitop",
+    "revisitop": "datasets/revisitop",
+    "uned": "datasets/uned",
 }
+SAM2_DEFAULT_CFG = "configs/sam2.1/sam2.1_hiera_l.yaml"
+SAM2_DEFAULT_CHECKPOINT = "checkpoints/sam2.1_hiera_large.pt"
+ILIAS_REPO = "vrg-prague/ilias"
+ILIAS_SPLITS = ("queries", "db", "distractors")
+ILIAS_SHARDS = {
+    "queries": ["ilias-core-queries-img-000000.tar"],
+    "db": ["ilias-core-db-000000.tar"],
+    "distractors": [f"mini_ilias_yfcc100m-{i:06d}.tar" for i in range(45)],
+}
+VERSIONED = ("torch", "sam2", "transformers", "numpy", "pillow", "faiss-cpu", "datasets", "scikit-learn")
 
 
-def add_run_args(parser: argparse.ArgumentParser, datasets: list[str], output_dir: str) -> None:
-    parser.add_argument("--dataset_file", required=True, choices=datasets)
+class CliParser(argparse.ArgumentParser):
+    """argparse with the project's one-line error (argparse's own prints the usage too)."""
+
+    def __init__(self, doc: str):
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message):
+        print(f"error: {message} ({self.prog}): see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
+def add_dataset_args(parser, datasets: list[str], default: str | None = None) -> None:
+    parser.add_argument("--dataset_file", choices=datasets, default=default, required=default is None)
     parser.add_argument("--data_path", default=None,
-                        help="dataset root (default: datasets/<name>, see datasets/*/README.md)")
+                        help="dataset root (default: per dataset, see utils/cli.py DATA_PATHS and datasets/*/README.md)")
+
+
+def add_output_args(parser, output_dir: str) -> None:
     parser.add_argument("--output_dir", default=output_dir)
-    parser.add_argument("--batch_size", type=int, default=None,
-                        help="targets per forward pass (default: 8 on a GPU, 1 on the CPU)")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def add_sam2_args(parser, pairs_help: str = "(reference, target) pairs per SAM2 forward") -> None:
+    parser.add_argument("--sam2_cfg", default=SAM2_DEFAULT_CFG,
+                        help="sam2 config name (e.g. configs/sam2.1/sam2.1_hiera_t.yaml) "
+                             "or path to a yaml file of the same structure")
+    parser.add_argument("--sam2_checkpoint", default=SAM2_DEFAULT_CHECKPOINT,
+                        help="official checkpoint file ({'model': state_dict})")
+    add_device_args(parser)
+    parser.add_argument("--pair_batch_size", type=int, default=None,
+                        help=f"{pairs_help} (default: 8 on a GPU, 1 on the CPU)")
+
+
+def add_device_args(parser) -> None:
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--amp", action="store_true",
+                        help="bf16 autocast on CUDA and on CPUs with native bf16 (scores stay fp32)")
+
+
+def add_dinov2_args(parser, model: str | None, resolution: int, preprocess: str, help_model: str) -> None:
+    from utils.dinov2 import PREPROCESSING
+
+    parser.add_argument("--dinov2", default=model, help=help_model)
+    parser.add_argument("--dinov2_resolution", type=int, default=resolution,
+                        help="large_side: the larger side; short_side_crop: the side of the square crop")
+    parser.add_argument("--dinov2_preprocess", choices=PREPROCESSING, default=preprocess,
+                        help="large_side: aspect kept, zero padding to the patch size (ILIAS's official); "
+                             "short_side_crop: shorter side resized, centre square crop")
+    parser.add_argument("--dinov2_batch_size", type=int, default=32, help="images per DINOv2 forward")
+
+
+def add_visualize_arg(parser, what: str) -> None:
+    parser.add_argument("--visualize", type=int, default=0, metavar="N", help=f"write PNGs for {what}")
+
+
+def add_ilias_source_args(parser) -> None:
+    parser.add_argument("--source", choices=["hf", "local"], default="hf",
+                        help="stream shards from the Hugging Face hub, or read them from --data_path")
+    parser.add_argument("--data_path", default=DATA_PATHS["ilias"],
+                        help="--source local: folder holding the shards (or ilias_core/)")
+    for split in ILIAS_SPLITS:
+        parser.add_argument(f"--{split}_repo", default=ILIAS_REPO,
+                            help=f"--source hf: dataset repository of the {split} shards")
+        parser.add_argument(f"--{split}_shards", nargs="+", default=ILIAS_SHARDS[split],
+                            help=f"{split} shard files, in order (a name without .tar: ilias_core folder)")
 
 
 def data_path(args) -> Path:
     return Path(args.data_path or DATA_PATHS[args.dataset_file])
 
 
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("CUDA is not available", "--device", "use --device cpu or run on a GPU machine")
+    return torch.device(name)
+
+
+def pair_batch_size(requested: int | None, device) -> int:
+    """Pairs per SAM2 forward pass: as asked, else 8 on a GPU and 1 on the CPU, where batching
+    adds no throughput (each op already uses every core) and each new batch shape costs a
+    warm-up (measured by bench.py)."""
+    if requested is not None:
+        check_positive(requested, "--pair_batch_size")
+        return requested
+    return 8 if str(device).startswith("cuda") else 1
+
+
+def check_positive(value: int, flag: str) -> None:
+    if value < 1:
+        raise UserError(f"{flag} must be at least 1", f"{flag} {value}", f"pass {flag} 1 or more")
+
+
 def progress(iterable=None, **kwargs) -> tqdm:
     """A tqdm bar, drawn on a terminal only: logs and error output stay clean."""
-    return tqdm(iterable, disable=None, **kwargs)
+    kwargs.setdefault("disable", None)
+    return tqdm(iterable, **kwargs)
 
 
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def batched(items: list, size: int):
+    """Consecutive chunks of `size` items (the last may be shorter)."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def format_table(headers: list[str], rows: list[list]) -> str:
@@ -52,30 +173,40 @@ def format_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
-def finish(output_dir, metrics: dict, table: str) -> dict:
-    """Print the run's metric table and write the same numbers to <output_dir>/metrics.json."""
+def metric_row(name: str, metrics: dict, columns: list[str]) -> list:
+    """A table row: the name, then the named metrics in the order of `columns`."""
+    return [name, *(metrics[column] for column in columns)]
+
+
+def run_record(args) -> dict:
+    """What made a result: every setting, the package versions, the code's git commit."""
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return {"settings": settings, "command": " ".join(sys.argv), "versions": versions, **_git_state()}
+
+
+def _git_state() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"git_commit": None}
+    if commit.returncode != 0:
+        return {"git_commit": None}
+    return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
+
+
+def finish(args, metrics: dict, table: str) -> dict:
+    """Print the run's metric table and write the same numbers, with the run's record, to
+    <output_dir>/metrics.json. Returns what was written."""
     print(table)
-    path = save_json(Path(output_dir) / "metrics.json", metrics)
+    written = {**metrics, "run": run_record(args)}
+    path = save_json(Path(args.output_dir) / "metrics.json", written)
     print(f"metrics written to {path}")
-    return metrics
-
-
-def batched(items: list, size: int):
-    """Consecutive chunks of `size` items (the last may be shorter)."""
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def pair_batch_size(requested: int | None, device) -> int:
-    """Pairs per SAM2 forward pass: as asked, else 8 on a GPU and 1 on the CPU, where batching
-    adds no throughput (each op already uses every core) and each new batch shape costs a
-    warm-up (measured by bench.py)."""
-    if requested is not None:
-        check_positive(requested, "--batch_size")
-        return requested
-    return 8 if str(device).startswith("cuda") else 1
-
-
-def check_positive(value: int, flag: str) -> None:
-    if value < 1:
-        raise UserError(f"{flag} must be at least 1", f"{flag} {value}", f"pass {flag} 1 or more")
+    return written

@@ -6,7 +6,8 @@ Two preprocessings, both RGB, bicubic, ImageNet mean/std:
   floored), then zero padding, centred, to a multiple of the patch size; no crop;
 - `short_side_crop`: the shorter side resized to `resolution`, then a centre square crop.
 The feature is the final layer-normed CLS token (`pooler_output`), L2-normalised, so the inner
-product is the cosine similarity.
+product is the cosine similarity. With amp, the model runs under bf16 autocast and its final layer
+norm in fp32 (utils/amp.py), so features are not rounded to bf16.
 """
 import math
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from utils.amp import autocast, keep_fp32
 from utils.errors import UserError
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
@@ -22,8 +24,9 @@ IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 PREPROCESSING = ("large_side", "short_side_crop")
 
 
-def load_dinov2(name: str, device):
-    """A frozen `Dinov2Model` from a hub id (e.g. facebook/dinov2-small) or a local folder."""
+def load_dinov2(name: str, device: torch.device, amp: bool = False):
+    """A frozen `Dinov2Model` from a hub id (e.g. facebook/dinov2-small) or a local folder; with
+    amp, ready for `embed(..., amp=True)`."""
     import sys
 
     from transformers import Dinov2Model  # imported here: transformers is slow to import
@@ -38,6 +41,8 @@ def load_dinov2(name: str, device):
                         "check the hub id and the network, or pass a local model folder "
                         f"({str(err).splitlines()[0][:160]})") from None
     model.requires_grad_(False)
+    if amp:
+        keep_fp32(model.layernorm, device)
     return model.eval().to(device)
 
 
@@ -74,8 +79,33 @@ def _pad_to_multiple(pixels: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def embed(model, pixels: torch.Tensor) -> torch.Tensor:
+def embed(model, pixels: torch.Tensor, amp: bool = False) -> torch.Tensor:
     """L2-normalised CLS features [B, D] (float32, on CPU) of a preprocessed batch (one shape)."""
     device = next(model.parameters()).device
-    features = model(pixel_values=pixels.to(device)).pooler_output
+    with autocast(device, amp):
+        features = model(pixel_values=pixels.to(device)).pooler_output
     return F.normalize(features.float(), dim=-1).cpu()
+
+
+def embed_images(model, images, resolution: int, mode: str, batch_size: int, amp: bool = False,
+                 desc: str | None = None) -> np.ndarray:
+    """Features [N, D] of images given as callables returning a PIL image (decoded when needed),
+    in their order; preprocessed images of one shape are batched together."""
+    from utils.cli import progress
+
+    patch_size = model.config.patch_size
+    features = np.zeros((len(images), model.config.hidden_size), np.float32)
+    pending: dict[tuple, list] = {}  # shape -> [(position, pixels)]
+
+    def flush(shape):
+        positions, pixels = zip(*pending.pop(shape))
+        features[list(positions)] = embed(model, torch.stack(pixels), amp).numpy()
+
+    for position, load in enumerate(progress(images, desc=desc, unit="img", disable=None if desc else True)):
+        pixels = preprocess(load(), resolution, mode, patch_size)
+        pending.setdefault(tuple(pixels.shape), []).append((position, pixels))
+        if len(pending[tuple(pixels.shape)]) == batch_size:
+            flush(tuple(pixels.shape))
+    for shape in list(pending):
+        flush(shape)
+    return features

@@ -1,8 +1,7 @@
-"""One error path for every script: a user error ends with one line on stderr and exit 2.
-
-A genuine bug still shows its traceback: only `UserError` is caught.
-"""
-import argparse
+"""One error path for every script: a user error ends with one line on stderr and exit 2, an
+interrupt (Ctrl-C) with one line and exit 130. A genuine bug still shows its traceback: only
+`UserError` and `KeyboardInterrupt` are caught."""
+import os
 import sys
 
 
@@ -20,18 +19,19 @@ def warn(what: str, where: str, fix: str) -> None:
 
 
 def run_cli(main, parser):
-    """Parse the command line, run `main(args)`, turn a `UserError` into one stderr line."""
+    """Parse the command line and run `main(args)` while holding the lock of its --output_dir
+    (rank 0 holds it for a torchrun group); turn a `UserError` or an interrupt into one line."""
+    from utils.io import OutputLock
+
     args = parser.parse_args()
     try:
+        if os.environ.get("RANK", "0") == "0":
+            with OutputLock(args.output_dir):
+                return main(args)
         return main(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-
-
-class CliParser(argparse.ArgumentParser):
-    """argparse with the project's one-line error (argparse's own prints the usage too)."""
-
-    def error(self, message):
-        print(f"error: {message} ({self.prog}): see {self.prog} --help", file=sys.stderr)
-        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)

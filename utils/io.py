@@ -1,5 +1,12 @@
-"""Atomic writes: every file is written under a temporary name in its folder, then renamed,
-so a killed run never leaves a half-written file that a later step could mistake for a result."""
+"""Files: atomic writes, resumable parts of a long stage, and one run per output folder.
+
+Every file is written under a temporary name in its folder, then renamed, so a killed run never
+leaves a half-written file that a later step could mistake for a result. A write that fails
+(disk full, folder not writable) stops the run with one line; rerun the same command once the
+problem is fixed and it resumes.
+"""
+import errno
+import fcntl
 import io
 import json
 import os
@@ -12,6 +19,8 @@ from PIL import Image
 
 from utils.errors import UserError
 
+LOCK_NAME = ".lock"
+
 
 def atomic_write_bytes(path, data: bytes) -> Path:
     path = Path(path)
@@ -19,16 +28,26 @@ def atomic_write_bytes(path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
-        raise UserError("cannot write output", str(path.parent),
-                        f"choose a writable --output_dir ({err.strerror})") from None
+        raise _write_error(path, err) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, err) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_error(path: Path, err: OSError) -> UserError:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return UserError(f"cannot write output: {err.strerror}", str(path),
+                         "free some space, then rerun the same command: finished work is kept")
+    return UserError(f"cannot write output: {err.strerror}", str(path),
+                     "choose a writable --output_dir (a rerun resumes)")
 
 
 def save_json(path, obj) -> Path:
@@ -56,6 +75,14 @@ def save_png(path, image: Image.Image | np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def load_json(path, what: str, fix: str):
+    """A JSON file this project wrote; a damaged or foreign one is one clear line."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"unreadable {what}", str(path), f"{fix} ({str(err).splitlines()[0][:120]})") from None
+
+
 def pack_masks(masks: list[np.ndarray]) -> dict:
     """Boolean masks of any sizes as one bit-packed uint8 tensor plus their shapes (8x smaller
     than bool, and storable in a weights_only .pt)."""
@@ -73,3 +100,69 @@ def unpack_masks(packed: dict) -> list[np.ndarray]:
         masks.append(np.unpackbits(bits[start:start + length], count=size).astype(bool).reshape(height, width))
         start += length
     return masks
+
+
+class Parts:
+    """The finished chunks of a long stage, one file per chunk in `<folder>/`, with the settings
+    they were made with. A rerun with the same settings skips the finished chunks; other settings
+    are an error (parts of two runs must never mix)."""
+
+    def __init__(self, folder, settings: dict, flag: str = "--output_dir"):
+        self.folder, self.settings, self.flag = Path(folder), json.loads(json.dumps(settings)), flag
+
+    def check(self) -> None:
+        path = self.folder / "settings.json"
+        if path.is_file() and load_json(path, "parts settings", "delete the parts folder") != self.settings:
+            raise UserError(f"this {self.flag} holds parts of a run with other settings", str(path),
+                            f"use another {self.flag}, or delete its {self.folder.name}/ folder")
+
+    def start(self) -> None:
+        self.check()
+        save_json(self.folder / "settings.json", self.settings)
+
+    def path(self, chunk: int) -> Path:
+        return self.folder / f"chunk_{chunk:05d}.npz"
+
+    def done(self, chunk: int) -> bool:
+        return self.path(chunk).is_file()
+
+    def save(self, chunk: int, **arrays: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(self.path(chunk), buf.getvalue())
+
+    def load(self, chunk: int) -> dict[str, np.ndarray]:
+        with np.load(self.path(chunk), allow_pickle=False) as saved:
+            return {name: saved[name] for name in saved.files}
+
+
+class OutputLock:
+    """One run at a time per output folder: an exclusive lock on `<folder>/.lock`, released when
+    the process ends, however it ends (the kernel drops the lock of a killed process, so a stale
+    lock never blocks). A POSIX record lock, not flock: forked DataLoader workers do not inherit
+    it, so a killed run's orphaned workers cannot keep it. A second run stops with one line."""
+
+    def __init__(self, folder):
+        self.path = Path(folder) / LOCK_NAME
+        self.file = None
+
+    def __enter__(self):
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a+")
+        except OSError as err:
+            raise _write_error(self.path, err) from None
+        try:
+            fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            self.file.close()
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                raise _write_error(self.path, err) from None
+            raise UserError("another run is writing to this folder", str(self.path.parent),
+                            "wait for it to finish, or use another --output_dir") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.lockf(self.file, fcntl.LOCK_UN)
+        self.file.close()
+        return False

@@ -17,7 +17,6 @@ is its last frame's (`load_video_frames`), so on a pseudo-video whose frames dif
 would misplace the reference's box; both agree when the frames have one size.
 The model is driven through `SAM2Base`'s own methods; nothing of sam2 is re-implemented.
 """
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +25,8 @@ import torch.nn.functional as F
 from PIL import Image
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.utils.misc import concat_points, fill_holes_in_mask_scores
+
+from utils.amp import autocast, keep_fp32
 
 # sam2.utils.misc.load_video_frames normalises with these
 IMG_MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float32)[:, None, None]
@@ -52,6 +53,29 @@ def prepare_frame(image: Image.Image, image_size: int, image_id: str | None = No
     return Frame(pixels, rgb.height, rgb.width, image_id)
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """How a reference frame shows the object: its mask (bool HxW at the image's size) or its box
+    (x1, y1, x2, y2 in pixels of the image); with `box_as_mask`, the box filled as a mask prompt
+    (integer corners; made at the image's size when needed)."""
+    mask: np.ndarray | None = None
+    box: tuple[float, float, float, float] | None = None
+    box_as_mask: bool = False
+
+    def __post_init__(self):
+        if (self.mask is None) == (self.box is None) or (self.box_as_mask and self.box is None):
+            raise ValueError("a prompt is a mask or a box")
+
+    def mask_for(self, height: int, width: int) -> np.ndarray | None:
+        """The mask prompt (None for a box prompt)."""
+        if not self.box_as_mask:
+            return self.mask
+        x1, y1, x2, y2 = (int(v) for v in self.box)
+        mask = np.zeros((height, width), bool)
+        mask[y1:y2, x1:x2] = True
+        return mask
+
+
 @dataclass
 class Reference:
     """The memory of the reference frames, as the official predictor stores it after
@@ -72,24 +96,35 @@ class TargetScores:
     object_score_logit: torch.Tensor  # [B] < 0 means "object absent" (sam2 then blanks the mask)
 
     def score(self, kind: str) -> torch.Tensor:
-        """The presence score of each target: `iou`, `object` (sigmoid of the object-score
-        logit) or `iou_x_object` (their product)."""
-        if kind == "iou":
-            return self.iou
-        if kind == "object":
-            return torch.sigmoid(self.object_score_logit)
-        if kind == "iou_x_object":
-            return self.iou * torch.sigmoid(self.object_score_logit)
-        raise ValueError(f"unknown score {kind!r}, expected one of {SCORES}")
+        """The presence score of each target (see `presence_score`)."""
+        return presence_score(self.iou, self.object_score_logit, kind)
+
+
+def presence_score(iou: torch.Tensor, object_score_logit: torch.Tensor, kind: str) -> torch.Tensor:
+    """`iou` (the chosen mask's predicted IoU), `object` (sigmoid of the object-score logit) or
+    `iou_x_object` (their product)."""
+    if kind == "iou":
+        return iou
+    if kind == "object":
+        return torch.sigmoid(object_score_logit)
+    if kind == "iou_x_object":
+        return iou * torch.sigmoid(object_score_logit)
+    raise ValueError(f"unknown score {kind!r}, expected one of {SCORES}")
 
 
 class PseudoVideo:
-    """Drives a frozen SAM2 (`SAM2Base`, as built by `utils.sam2_model`) on pseudo-videos."""
+    """Drives a frozen SAM2 (`SAM2Base`, as built by `utils.sam2_model`) on pseudo-videos.
+
+    amp: bf16 autocast (give it `utils.amp.amp_enabled(...)`); the mask decoder, whose outputs are
+    the scores and the mask logits, then computes in fp32 from the bf16 features, and reference
+    memories are stored in bf16 as always."""
 
     def __init__(self, model: SAM2Base, amp: bool = False):
         self.model = model
         self.device = model.device
-        self.amp = amp and self.device.type == "cuda"
+        self.amp = amp
+        if amp:
+            keep_fp32(model.sam_mask_decoder, self.device)
         self.encoder_passes = 0  # images that went through the image encoder
         self._backbone_cache: dict[str, list[torch.Tensor]] = {}
         self._pos_enc: list[torch.Tensor] | None = None  # the same for every image
@@ -107,10 +142,12 @@ class PseudoVideo:
         for image_id in image_ids:
             self._backbone_cache.pop(image_id, None)
 
-    def _autocast(self):
-        if self.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def autocast(self):
+        return autocast(self.device, self.amp)
+
+    def encode(self, frames: list[Frame]) -> None:
+        """Run the image encoder once on the frames not cached yet (one batch), and cache them."""
+        self._features([f for f in frames if f.image_id is not None])
 
     @torch.no_grad()
     def _features(self, frames: list[Frame]):
@@ -124,7 +161,7 @@ class PseudoVideo:
         fresh = {}
         if to_encode:
             pixels = torch.stack([f.pixels for f in to_encode.values()]).to(self.device)
-            with self._autocast():
+            with self.autocast():
                 backbone_out = self.model.forward_image(pixels)
             self.encoder_passes += len(to_encode)
             if self._pos_enc is None:
@@ -167,25 +204,23 @@ class PseudoVideo:
         return fill_holes_in_mask_scores(low_res_masks, area) if area > 0 else low_res_masks
 
     @torch.no_grad()
-    def encode_reference(self, frames: list[Frame], masks=None, boxes=None) -> Reference:
-        """Build the reference memory: frame i gets masks[i] (bool HxW at the image's size) or
-        boxes[i] (x1, y1, x2, y2 in pixels). With a mask the memory is made from the mask itself
-        (sam2's `_use_mask_as_output`); with a box, from the decoder's prediction."""
-        if (masks is None) == (boxes is None):
-            raise ValueError("give exactly one of masks or boxes")
-        prompts = masks if masks is not None else boxes
+    def encode_reference(self, frames: list[Frame], prompts: list[Prompt]) -> Reference:
+        """Build the reference memory, frame i prompted by prompts[i]. With a mask the memory is
+        made from the mask itself (sam2's `_use_mask_as_output`); with a box, from the decoder's
+        prediction."""
         if len(prompts) != len(frames) or not frames:
             raise ValueError("one prompt per reference frame, at least one frame")
         model, n = self.model, len(frames)
         cond_outputs = {}
         for idx, (frame, prompt) in enumerate(zip(frames, prompts)):
+            mask = prompt.mask_for(frame.height, frame.width)
             vision_feats, vision_pos_embeds, feat_sizes = self._features([frame])
-            with self._autocast():
+            with self.autocast():
                 out = model.track_step(
                     frame_idx=idx, is_init_cond_frame=True, current_vision_feats=vision_feats,
                     current_vision_pos_embeds=vision_pos_embeds, feat_sizes=feat_sizes,
-                    point_inputs=None if masks is not None else self._box_prompt(prompt, frame),
-                    mask_inputs=self._mask_prompt(prompt) if masks is not None else None,
+                    point_inputs=self._box_prompt(prompt.box, frame) if mask is None else None,
+                    mask_inputs=self._mask_prompt(mask) if mask is not None else None,
                     output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
                     num_frames=n, run_mem_encoder=False)
                 pred_masks = self._fill_holes(out["pred_masks"])
@@ -223,7 +258,7 @@ class PseudoVideo:
             vision_feats, vision_pos_embeds, feat_sizes = self._features(frames)
             num_frames = references[0].num_frames
             cond_outputs = _batched_memory(references)
-            with self._autocast():
+            with self.autocast():
                 _, sam_outputs, _, _ = self.model._track_step(
                     frame_idx=num_frames, is_init_cond_frame=False,
                     current_vision_feats=vision_feats, current_vision_pos_embeds=vision_pos_embeds,

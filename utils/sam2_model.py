@@ -3,10 +3,9 @@
 The model is the official `SAM2VideoPredictor` (a `SAM2Base`) built by sam2's own
 `build_sam2_video_predictor`, so it carries exactly the post-processing settings the official
 video predictor uses (binarised prompt masks in memory, hole filling, dynamic multimask).
-`utils.pseudo_video` drives it; nothing here changes the model.
+`utils.pseudo_video` drives it; nothing here changes the model (the score head, which training
+changes, has its own module: utils/score_head.py).
 """
-import argparse
-import hashlib
 import pickle
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sam2.build_sam import build_sam2_video_predictor
 from sam2.modeling.sam2_base import SAM2Base
 
+from utils.cli import SAM2_DEFAULT_CFG as DEFAULT_CFG
 from utils.errors import UserError
 
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
@@ -31,26 +31,6 @@ SAM2_1_MODELS = {
     "base_plus": ("configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt"),
     "large": ("configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
 }
-DEFAULT_CFG, DEFAULT_CKPT_NAME = SAM2_1_MODELS["large"]
-
-
-def add_sam2_args(parser: argparse.ArgumentParser) -> None:
-    """The SAM2 flags every script shares."""
-    parser.add_argument("--sam2_cfg", default=DEFAULT_CFG,
-                        help="sam2 config name (e.g. configs/sam2.1/sam2.1_hiera_t.yaml) "
-                             "or path to a yaml file of the same structure")
-    parser.add_argument("--sam2_checkpoint", default=f"checkpoints/{DEFAULT_CKPT_NAME}",
-                        help="official checkpoint file ({'model': state_dict})")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (changes numerics)")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("CUDA is not available", "--device", "use --device cpu or run on a GPU machine")
-    return torch.device(name)
 
 
 def _config_source(cfg: str) -> tuple[Path | None, Path]:
@@ -138,43 +118,3 @@ def load_sam2_state_dict(checkpoint: str) -> dict:
                         f"--sam2_checkpoint {checkpoint}", "use a file from download_ckpts.sh")
     return ckpt["model"]
 
-
-
-# the SAM2 modules that produce each score; `train_revisitop.py` trains only these
-SCORE_HEADS = {
-    "iou": ("sam_mask_decoder.iou_prediction_head.",),
-    "object": ("sam_mask_decoder.pred_obj_score_head.",),
-    "iou_x_object": ("sam_mask_decoder.iou_prediction_head.", "sam_mask_decoder.pred_obj_score_head."),
-}
-
-
-def architecture_signature(model: SAM2Base) -> str:
-    """A fingerprint of the parameter names and shapes: equal for two models of the same size."""
-    shapes = ";".join(f"{name}:{tuple(p.shape)}" for name, p in model.state_dict().items())
-    return hashlib.sha1(shapes.encode()).hexdigest()[:16]
-
-
-def head_tensors(model: SAM2Base, score: str) -> dict[str, torch.Tensor]:
-    """The parameters of the head that produces `score`, by state-dict name."""
-    return {name: p for name, p in model.named_parameters() if name.startswith(SCORE_HEADS[score])}
-
-
-def load_head(model: SAM2Base, checkpoint: str) -> dict:
-    """Load a score head saved by train_revisitop.py into the model; returns its record."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise UserError("head checkpoint not found", f"--head_checkpoint {checkpoint}",
-                        "train one with train_revisitop.py (it writes head_best.pt)")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as err:
-        raise UserError("not a readable head checkpoint", f"--head_checkpoint {checkpoint}",
-                        f"use a file written by train_revisitop.py ({str(err).splitlines()[0][:120]})") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("head"), dict) or "architecture" not in saved:
-        raise UserError("not a head checkpoint of train_revisitop.py", f"--head_checkpoint {checkpoint}",
-                        "use head_best.pt or head_epoch<N>.pt from train_revisitop.py")
-    if saved["architecture"] != architecture_signature(model):
-        raise UserError(f"head checkpoint is for another SAM2 size (trained with {saved.get('sam2_cfg')})",
-                        f"--head_checkpoint {checkpoint}", "pass the --sam2_cfg it was trained with")
-    model.load_state_dict(saved["head"], strict=False)
-    return {k: v for k, v in saved.items() if k != "head"}

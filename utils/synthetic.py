@@ -87,3 +87,33 @@ def write_webdataset_tar(path, samples: list[tuple[str, bytes, list | None]]) ->
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_custom(root, num_objects: int = 2, num_images: int = 8, seed: int = 0,
+                 size: tuple[int, int] = (480, 640)) -> dict:
+    """A folder in the `custom` layout (utils/loaders/custom.py): per object a reference photo
+    with its mask and a second shot with its box, and photos to search, in two sub-folders, each
+    holding one of the objects or none. Returns {object: [photos that hold it]}."""
+    root, rng = Path(root), np.random.default_rng(seed)
+    holds = {}
+    for k in range(num_objects):
+        name, obj = f"object_{k}", render_object(seed * 1000 + k)
+        image, mask = render_scene(rng, obj, *size, scale=0.5)
+        write_jpeg(root / "references" / f"{name}.jpg", image)
+        save_png(root / "references" / f"{name}.png", mask.astype(np.uint8) * 255)
+        image, mask = render_scene(rng, obj, *size, scale=0.35)
+        write_jpeg(root / "references" / f"{name}_2.jpg", image)
+        ys, xs = np.nonzero(mask)
+        atomic_write_bytes(root / "references" / f"{name}_2.txt",
+                           f"{xs.min()} {ys.min()} {xs.max() + 1} {ys.max() + 1}\n".encode())
+        holds[name] = []
+    blank = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    for i in range(num_images):
+        k = i % (num_objects + 1)  # every (num_objects + 1)-th photo holds no object
+        obj = render_object(seed * 1000 + k) if k < num_objects else blank
+        image, _ = render_scene(rng, obj, *size, scale=float(rng.uniform(0.3, 0.5)))
+        photo = f"images/{'trip' if i % 2 else 'home'}/{i:03d}.jpg"
+        write_jpeg(root / photo, image)
+        if k < num_objects:
+            holds[f"object_{k}"].append(photo)
+    return holds

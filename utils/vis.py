@@ -43,6 +43,11 @@ def with_mask_outline(image: Image.Image, mask: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def with_prompt(image: Image.Image, mask: np.ndarray | None = None, box=None) -> Image.Image:
+    """The image with its prompt drawn: a mask outlined or a box."""
+    return with_mask_outline(image, mask) if mask is not None else with_box(image, box)
+
+
 def with_box(image: Image.Image, box) -> Image.Image:
     """The image with an (x1, y1, x2, y2) box drawn."""
     annotated = image.convert("RGB")
@@ -50,13 +55,14 @@ def with_box(image: Image.Image, box) -> Image.Image:
     return annotated
 
 
-def ranking_strip(query: Image.Image, results: list[Image.Image], is_positive: list[bool],
+def ranking_strip(query: Image.Image, results: list[Image.Image], is_positive: list[bool] | None = None,
                   size: int = 160) -> Image.Image:
     """One row: the (annotated) query, then its ranked results, positives framed green and
-    negatives red."""
+    negatives red (grey frames without ground truth)."""
+    colors = [(40, 200, 40) if positive else (220, 40, 40) for positive in is_positive] if is_positive is not None \
+        else [(150, 150, 150)] * len(results)
     tiles = [framed_thumbnail(query, size)]
-    tiles += [framed_thumbnail(image, size, (40, 200, 40) if positive else (220, 40, 40))
-              for image, positive in zip(results, is_positive)]
+    tiles += [framed_thumbnail(image, size, color) for image, color in zip(results, colors)]
     strip = Image.new("RGB", (size * len(tiles) + 10, size), (255, 255, 255))
     for i, tile in enumerate(tiles):
         strip.paste(tile, (i * size + (10 if i else 0), 0))

@@ -1,9 +1,9 @@
 """PerMIRS (the PDM paper, built from BURST): `<root>/<video_id>/{0,1,2}.jpg` + `masks.npz.npy`,
 a pickled list of 3 dicts `{track_id: bool HxW}`, one per frame (the first track is the object).
 
-The masks file is a pickle: it is only read from the data folder, as the official release needs.
+The masks file is a pickle: it is read with a restricted unpickler (utils/safe_pickle.py) that
+rebuilds arrays and containers only. Frames are read as PDM reads them (PIL, no EXIF rotation).
 """
-import pickle
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,6 +13,7 @@ import numpy as np
 from utils.errors import UserError
 from utils.loaders.common import Episode, Sample, check_same_size, require_dir
 from utils.metrics import PDM_MIN_CROP_FRACTION, pdm_crop_box, pdm_crop_fraction
+from utils.safe_pickle import load_npy
 
 NUM_FRAMES = 3
 
@@ -47,11 +48,7 @@ def _load_video(video_dir: Path) -> Video:
     if not masks_path.is_file():
         raise UserError("video folder has no masks file", str(masks_path),
                         "each PerMIRS video needs 0.jpg, 1.jpg, 2.jpg and masks.npz.npy")
-    try:
-        content = np.load(masks_path, allow_pickle=True)
-    except (OSError, ValueError, pickle.UnpicklingError, EOFError) as err:
-        raise UserError("unreadable masks file", str(masks_path), f"re-download it ({err})") from None
-    masks = _frame_masks(content, masks_path)
+    masks = _frame_masks(load_npy(masks_path), masks_path)
     for frame, mask in zip(frames, masks):
         check_same_size(mask.shape, frame, str(masks_path))
     return Video(video_dir.name, frames, masks)
@@ -59,10 +56,10 @@ def _load_video(video_dir: Path) -> Video:
 
 def _frame_masks(content, masks_path: Path) -> list[np.ndarray]:
     expected = "a list of 3 dicts {track_id: bool HxW array}"
-    if len(content) != NUM_FRAMES or not all(isinstance(d, dict) and d for d in content):
+    if content.ndim != 1 or len(content) != NUM_FRAMES or not all(isinstance(d, dict) and d for d in content):
         raise UserError(f"masks file is not {expected}", str(masks_path), "re-download PerMIRS")
-    masks = [np.asarray(next(iter(d.values()))) for d in content]
-    if any(m.ndim != 2 for m in masks):
+    masks = [next(iter(d.values())) for d in content]
+    if any(not isinstance(m, np.ndarray) or m.ndim != 2 for m in masks):
         raise UserError(f"masks file is not {expected}", str(masks_path), "re-download PerMIRS")
     return [m.astype(bool) for m in masks]
 

@@ -1,8 +1,9 @@
 """PerSeg (PerSAM, Zhang et al. 2024): `Images/<object>/NN.jpg`, `Annotations/<object>/NN.png`.
 
-Protocol: per object, the reference is image `--ref_idx` (default 00) with its mask as the
-prompt; every other image of the object is a target. With k shots, the references are the
-reference image and the next k-1 images in name order; the rest are targets.
+Protocol (PerSAM's `persam.py` and `eval_miou.py`): per object, the reference is image
+`--ref_idx` (default 00) with its mask as the prompt; every other image of the object is a target.
+With k shots, the references are the reference image and the next k-1 images in name order; the
+rest are targets. Images and masks are read EXIF-oriented, as PerSAM's OpenCV `imread` reads them.
 """
 from pathlib import Path
 
@@ -47,5 +48,5 @@ def _sample(image_path: Path, mask_dir: Path) -> Sample:
         raise UserError("mask not found for image", str(image_path),
                         f"add {mask_path} (PerSeg masks are Annotations/<object>/NN.png)")
     # read now (not at its turn in the loop): a broken mask stops the run before any work
-    check_same_size(read_mask(mask_path).shape, image_path, str(mask_path))
-    return Sample(image_path, mask_path)
+    check_same_size(read_mask(mask_path, exif=True).shape, image_path, str(mask_path), exif=True)
+    return Sample(image_path, mask_path, exif=True)

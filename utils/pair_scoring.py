@@ -1,0 +1,135 @@
+"""The pair scheduler: SAM2 on many (reference, target) pairs, each image encoded once.
+
+Every script that runs SAM2 on pairs (segmentation, PerMIR, ILIAS re-ranking, head training, your
+own photos) hands its pairs here and gets the results back in the pairs' order:
+- targets are taken in the order they first appear in the pairs, `pair_batch_size` images per
+  encoder forward; each distinct image passes through the image encoder once per run;
+- each reference memory is built once, when a pair first needs it, and dropped after its last
+  pair; pairs of different references share a batch (if they have as many frames);
+- a target's encoder output is dropped after its last pair (unless a reference still to be built
+  uses the same image), so memory holds one batch of targets plus the live references.
+"""
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Hashable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.cli import batched, progress
+from utils.io import Parts
+from utils.pseudo_video import Prompt, PseudoVideo, Reference, TargetScores, presence_score
+
+
+@dataclass(frozen=True)
+class ReferenceFrame:
+    """One reference frame: the id of its image and its prompt."""
+    image: str
+    prompt: Prompt
+
+
+class PairScheduler:
+    """Runs pairs on a `PseudoVideo`. `open_image(image_id)` decodes an image; image ids name
+    images (the same id is the same image: encoded once)."""
+
+    def __init__(self, engine: PseudoVideo, open_image: Callable[[str], Image.Image], pair_batch_size: int):
+        self.engine, self.open_image, self.pair_batch_size = engine, open_image, pair_batch_size
+
+    def batches(self, pairs: Sequence[tuple[Hashable, str]], references: Mapping[Hashable, Sequence[ReferenceFrame]],
+                with_masks: bool = False, grad: bool = False, desc: str | None = None
+                ) -> Iterator[tuple[list[int], TargetScores]]:
+        """Score (reference key, target image id) pairs; `references[key]` are its frames (k-shot
+        when several). Yields (positions in `pairs`, their results) batch by batch; every pair
+        comes exactly once. With masks, each target's mask logits at its own size; with grad,
+        autograd records the SAM2 heads (training)."""
+        engine = self.engine
+        by_target: dict[str, list[int]] = {}
+        for position, (_, target) in enumerate(pairs):
+            by_target.setdefault(target, []).append(position)
+        uses_left = Counter(reference for reference, _ in pairs)
+        # images needed later: as a prompt of a reference not built yet, or as a target
+        prompts_left = Counter(frame.image for key in uses_left for frame in references[key])
+        targets_left = set(by_target)
+        memories: dict[Hashable, Reference] = {}
+
+        def build(key, current: dict) -> Reference:
+            frames = references[key]
+            prepared = [current[f.image] if f.image in current else
+                        engine.prepare(self.open_image(f.image), image_id=f.image) for f in frames]
+            reference = engine.encode_reference(prepared, [f.prompt for f in frames])
+            for frame in frames:
+                prompts_left[frame.image] -= 1
+                if not prompts_left[frame.image] and frame.image not in targets_left:
+                    engine.forget([frame.image])
+            return reference
+
+        with progress(total=len(by_target), desc=desc, unit="img", disable=None if desc else True) as bar:
+            for targets in batched(list(by_target), self.pair_batch_size):
+                current = {t: engine.prepare(self.open_image(t), image_id=t) for t in targets}
+                engine.encode(list(current.values()))
+                positions = [p for t in targets for p in by_target[t]]
+                by_shots: dict[int, list[int]] = {}  # a batch's references have one number of frames
+                for p in positions:
+                    by_shots.setdefault(len(references[pairs[p][0]]), []).append(p)
+                for batch in (b for group in by_shots.values() for b in batched(group, self.pair_batch_size)):
+                    keys = [pairs[p][0] for p in batch]
+                    for key in dict.fromkeys(keys):
+                        if key not in memories:
+                            memories[key] = build(key, current)
+                    yield batch, engine.score_pairs([memories[k] for k in keys], [current[pairs[p][1]] for p in batch],
+                                                    with_masks=with_masks, grad=grad)
+                    for key in keys:
+                        uses_left[key] -= 1
+                        if not uses_left[key]:
+                            del memories[key]
+                targets_left.difference_update(targets)
+                engine.forget([t for t in targets if not prompts_left[t]])
+                bar.update(len(targets))
+
+    def scores(self, pairs, references, kind: str, grad: bool = False, desc: str | None = None) -> torch.Tensor:
+        """The `kind` score (see `TargetScores.score`) of every pair, in the pairs' order."""
+        order, parts = [], []
+        for batch, result in self.batches(pairs, references, grad=grad, desc=desc):
+            order += batch
+            parts.append(result.score(kind))
+        if not parts:
+            return torch.zeros(0)
+        return torch.cat(parts)[torch.from_numpy(np.argsort(order, kind="stable"))]
+
+
+def score_in_parts(scheduler: PairScheduler, parts: Parts, chunks: Sequence[Sequence[tuple[Hashable, str]]],
+                   chunk_ids: Sequence[int], references, with_masks: bool = False,
+                   on_result: Callable[[tuple, TargetScores, int], None] | None = None, desc: str | None = None) -> None:
+    """Score the pairs of chunks `chunk_ids` not finished yet, in one scheduler run (so an image
+    shared by chunks is encoded once), and save each chunk when its last pair is scored: the
+    chunk's `iou` and `object_score_logit` in its pairs' order (`presence_score` turns them into
+    any score). `on_result(pair, result, i)` sees each pair's result (row i), e.g. to write its mask."""
+    todo = [c for c in chunk_ids if not parts.done(c)]
+    pairs = [pair for c in todo for pair in chunks[c]]
+    owner = [(c, j) for c in todo for j in range(len(chunks[c]))]
+    filled = {c: {"iou": np.zeros(len(chunks[c]), np.float32),
+                  "object_score_logit": np.zeros(len(chunks[c]), np.float32)} for c in todo}
+    left = {c: len(chunks[c]) for c in todo}
+    for c in [c for c in todo if not left[c]]:  # an empty chunk is finished at once
+        parts.save(c, **filled.pop(c))
+    for batch, result in scheduler.batches(pairs, references, with_masks=with_masks, desc=desc):
+        for i, position in enumerate(batch):
+            c, j = owner[position]
+            filled[c]["iou"][j] = result.iou[i].item()
+            filled[c]["object_score_logit"][j] = result.object_score_logit[i].item()
+            if on_result is not None:
+                on_result(pairs[position], result, i)
+            left[c] -= 1
+            if not left[c]:
+                parts.save(c, **filled.pop(c))
+
+
+def chunk_scores(parts: Parts, chunks: Sequence, kind: str) -> list[np.ndarray]:
+    """The `kind` score of every pair of every (finished) chunk, chunk by chunk."""
+    scores = []
+    for c in range(len(chunks)):
+        saved = parts.load(c)
+        scores.append(presence_score(torch.from_numpy(saved["iou"]), torch.from_numpy(saved["object_score_logit"]),
+                                     kind).numpy())
+    return scores

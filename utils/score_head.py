@@ -1,0 +1,108 @@
+"""The trainable score head of SAM2 and its files, writer beside reader.
+
+Which SAM2 modules produce each score (`SCORE_HEADS`; train_revisitop.py trains only these), and
+the checkpoints of training:
+
+    <output_dir>/head_epoch<N>.pt   the head after epoch N: {"head": tensors, "architecture",
+                                    "sam2_cfg", "score", "epoch", "val", "run"}
+    <output_dir>/head_last.pt       the latest epoch's head
+    <output_dir>/head_best.pt       the head of the best held-out mAP (with validation only)
+    <output_dir>/last.pt            the resume point: the latest head, optimizer state, history
+
+"run" is the training run's record (every setting: data, lr, margin, seed...; package versions;
+git commit). Everything is tensors, numbers and strings: loaded with `weights_only=True`.
+"""
+import hashlib
+import pickle
+from pathlib import Path
+
+import torch
+from sam2.modeling.sam2_base import SAM2Base
+
+from utils.errors import UserError
+from utils.io import save_pt
+
+SCORE_HEADS = {
+    "iou": ("sam_mask_decoder.iou_prediction_head.",),
+    "object": ("sam_mask_decoder.pred_obj_score_head.",),
+    "iou_x_object": ("sam_mask_decoder.iou_prediction_head.", "sam_mask_decoder.pred_obj_score_head."),
+}
+RECORD_KEYS = {"head", "architecture", "sam2_cfg", "score", "epoch", "val", "run"}
+
+
+def architecture_signature(model: SAM2Base) -> str:
+    """A fingerprint of the parameter names and shapes: equal for two models of the same size."""
+    shapes = ";".join(f"{name}:{tuple(p.shape)}" for name, p in model.state_dict().items())
+    return hashlib.sha1(shapes.encode()).hexdigest()[:16]
+
+
+def head_tensors(model: SAM2Base, score: str) -> dict[str, torch.Tensor]:
+    """The parameters of the head that produces `score`, by state-dict name."""
+    return {name: p for name, p in model.named_parameters() if name.startswith(SCORE_HEADS[score])}
+
+
+def head_record(model: SAM2Base, score: str, sam2_cfg: str, epoch: int, val: dict, run: dict) -> dict:
+    return {"head": {name: p.detach().cpu().clone() for name, p in head_tensors(model, score).items()},
+            "architecture": architecture_signature(model), "sam2_cfg": sam2_cfg, "score": score,
+            "epoch": epoch, "val": val, "run": run}
+
+
+def save_epoch(output_dir: Path, record: dict, history: list, optimizer) -> None:
+    """last.pt first (the resume point), then the epoch's heads. A resumed run writes the heads
+    again from last.pt: a kill between the files loses none."""
+    save_pt(output_dir / "last.pt", {**record, "optimizer": optimizer.state_dict(), "history": history})
+    _save_heads(output_dir, record, history)
+
+
+def _save_heads(output_dir: Path, record: dict, history: list) -> None:
+    """head_epoch<N>.pt and head_last.pt; with validation, head_best.pt if the best so far."""
+    save_pt(output_dir / f"head_epoch{record['epoch']}.pt", record)
+    save_pt(output_dir / "head_last.pt", record)
+    if "map" in record["val"] and record["val"]["map"] >= max(h["map"] for h in history):
+        save_pt(output_dir / "head_best.pt", record)
+
+
+def _load(path: Path, flag: str, keys: set, fix: str) -> dict:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
+        raise UserError("not a readable checkpoint (truncated or foreign?)", f"{flag} {path}",
+                        f"{fix} ({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(saved, dict) or not keys <= set(saved) or not isinstance(saved["head"], dict):
+        raise UserError("not a checkpoint of train_revisitop.py", f"{flag} {path}", fix)
+    return saved
+
+
+def resume(output_dir: Path, model: SAM2Base, optimizer, score: str) -> tuple[int, list]:
+    """Load last.pt into the model's head and the optimizer; (next epoch, history so far)."""
+    path = output_dir / "last.pt"
+    if not path.is_file():
+        raise UserError("nothing to resume", str(path), "start without --resume")
+    state = _load(path, "--resume", RECORD_KEYS | {"optimizer", "history"},
+                  "start without --resume, or delete last.pt")
+    if state["architecture"] != architecture_signature(model) or state["score"] != score:
+        raise UserError(f"last.pt trains the {state['score']} head of another model ({state['sam2_cfg']})",
+                        str(path), "resume with the same --sam2_cfg and --score, or use another --output_dir")
+    model.load_state_dict(state["head"], strict=False)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as err:
+        raise UserError("last.pt holds another optimizer state", str(path),
+                        f"start without --resume, or delete last.pt ({err})") from None
+    _save_heads(output_dir, {k: v for k, v in state.items() if k in RECORD_KEYS}, state["history"])
+    return state["epoch"] + 1, state["history"]
+
+
+def load_head(model: SAM2Base, checkpoint: str) -> dict:
+    """Load a score head saved by train_revisitop.py into the model; returns its record."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError("head checkpoint not found", f"--head_checkpoint {checkpoint}",
+                        "train one with train_revisitop.py (it writes head_best.pt and head_last.pt)")
+    saved = _load(path, "--head_checkpoint", {"head", "architecture", "sam2_cfg"},
+                  "use head_best.pt, head_last.pt or head_epoch<N>.pt of train_revisitop.py")
+    if saved["architecture"] != architecture_signature(model):
+        raise UserError(f"head checkpoint is for another SAM2 size (trained with {saved.get('sam2_cfg')})",
+                        f"--head_checkpoint {checkpoint}", "pass the --sam2_cfg it was trained with")
+    model.load_state_dict(saved["head"], strict=False)
+    return {k: v for k, v in saved.items() if k != "head"}
