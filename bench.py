@@ -187,21 +187,21 @@ def run_scheduler(engine: PseudoVideo, batch_size: int, references, pairs, with_
     return seconds, scores, masks
 
 
-def bench_retrieval(args, model, folder: Path, floors: dict, amp_on: bool) -> dict:
+def bench_retrieval(args, engines, official, folder: Path, floors: dict) -> dict:
+    """`engines()`: fresh fp32 and amp engines (caches and counters empty)."""
     results = {}
-    batch = pair_batch_size(None, model.device)
+    batch = pair_batch_size(None, official.device)
     sample = args.official_pairs or (2 if args.quick else 4)
     for name in WORKLOADS:
         work = workload(name, folder, args)
         pairs, n_pairs = work["pairs"], len(work["pairs"])
         with quiet_progress():
-            t_official, _ = timed(lambda: [official_pair(model, folder, Path(work["references"][q][0].image), Path(t),
+            t_official, _ = timed(lambda: [official_pair(official, folder, Path(work["references"][q][0].image), Path(t),
                                                          work["prompts"][q]) for q, t in pairs[:sample]])
         row = {"pairs": n_pairs, "distinct_images": work["distinct"], "official_sampled_pairs": min(sample, n_pairs),
                "official_s_per_pair": t_official / min(sample, n_pairs)}
         scores = {}
-        for precision, amp in (("fp32", False), ("amp", amp_on)):
-            engine = PseudoVideo(model, amp)
+        for precision, engine in engines().items():
             seconds, scores[precision], _ = run_scheduler(engine, batch, work["references"], pairs)
             floor = floors[precision]
             t_floor = work["distinct"] * floor["t_encode_s"] + n_pairs * floor["t_pair_s"]
@@ -214,19 +214,19 @@ def bench_retrieval(args, model, folder: Path, floors: dict, amp_on: bool) -> di
     return results
 
 
-def bench_segmentation(args, model, folder: Path, amp_on: bool) -> dict:
+def bench_segmentation(args, engines, official, folder: Path) -> dict:
     targets = 2 if args.quick else 4
     paths, masks = write_scenes(folder / "seg", targets + 1, args.image_size, args.seed + 2)
     prompt = Prompt(mask=masks[0])
     with quiet_progress():
-        t_official, _ = timed(lambda: [official_pair(model, folder, paths[0], t, prompt) for t in paths[1:]])
+        t_official, _ = timed(lambda: [official_pair(official, folder, paths[0], t, prompt) for t in paths[1:]])
     references = {"object": [ReferenceFrame(str(paths[0]), prompt)]}
     pairs = [("object", str(p)) for p in paths[1:]]
     row = {"targets": targets, "official_s_per_target": t_official / targets}
     scores, predicted = {}, {}
-    for precision, amp in (("fp32", False), ("amp", amp_on)):
+    for precision, engine in engines().items():
         seconds, scores[precision], predicted[precision] = run_scheduler(
-            PseudoVideo(model, amp), pair_batch_size(None, model.device), references, pairs, with_masks=True)
+            engine, pair_batch_size(None, official.device), references, pairs, with_masks=True)
         row[precision] = {"s_per_target": seconds / targets, "speedup_vs_official": t_official / seconds}
     row["amp_speedup"] = row["fp32"]["s_per_target"] / row["amp"]["s_per_target"]
     equal = sum(int((a == b).sum()) for a, b in zip(predicted["fp32"], predicted["amp"]))
@@ -360,22 +360,27 @@ def main(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         folder = Path(tmp)
         if {"retrieval", "segmentation"} & set(suites):
+            # one model instance per path, the same weights: the official SAM2VideoPredictor as sam2
+            # builds it, and one for each engine precision (an engine adjusts its own instance)
             torch.manual_seed(args.seed)
-            # the official SAM2VideoPredictor: the official path calls its API, ours drives it
-            model = build_sam2_model(args.sam2_cfg, None, device)
-            model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data += 3.0  # objects found
+            official = build_sam2_model(args.sam2_cfg, None, device)
+            official.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data += 3.0  # objects found
+            models = {"fp32": build_sam2_model(args.sam2_cfg, None, device),
+                      "amp": build_sam2_model(args.sam2_cfg, None, device)}
+            for model in models.values():
+                model.load_state_dict(official.state_dict())
+            engines = lambda: {"fp32": PseudoVideo(models["fp32"]), "amp": PseudoVideo(models["amp"], amp)}
             if "retrieval" in suites:
                 paths, masks = write_scenes(folder / "floor", 1, args.image_size, args.seed)
-                floors = {p: measure_floor(PseudoVideo(model, on), paths[0], masks[0])
-                          for p, on in (("fp32", False), ("amp", amp))}
+                floors = {p: measure_floor(engine, paths[0], masks[0]) for p, engine in engines().items()}
                 results["floor"] = floors
-                results["retrieval"] = bench_retrieval(args, model, folder, floors, amp)
+                results["retrieval"] = bench_retrieval(args, engines, official, folder, floors)
                 # this machine's speed drifts: the floor, measured again after the workloads,
                 # must not be the one that makes our path look close to it
-                results["floor_after"] = {p: measure_floor(PseudoVideo(model, on), paths[0], masks[0])
-                                          for p, on in (("fp32", False), ("amp", amp))}
+                results["floor_after"] = {p: measure_floor(engine, paths[0], masks[0])
+                                          for p, engine in engines().items()}
             if "segmentation" in suites:
-                results["segmentation"] = bench_segmentation(args, model, folder, amp)
+                results["segmentation"] = bench_segmentation(args, engines, official, folder)
         if "features" in suites:
             results["features"] = bench_features(args, device, folder, amp)
         if "topk" in suites:

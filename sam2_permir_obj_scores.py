@@ -192,9 +192,14 @@ def run_custom(args, device: torch.device, amp: bool, batch_size: int) -> dict:
         candidates = [list(np.argsort(-row, kind="stable")[:args.shortlist]) for row in similarity]
     else:
         candidates = [list(range(len(data.images)))] * len(objects)
-    pairs = [(objects[o], data.images[i]) for o, chosen in enumerate(candidates) for i in chosen]
-    pairs.sort(key=lambda pair: pair[1])  # photo by photo (stable: objects in order), so chunks close early
-    chunks = [pairs[i:i + args.chunk_size * len(objects)] for i in range(0, len(pairs), args.chunk_size * len(objects))]
+    by_photo: dict[int, list] = {}  # photo by photo, so that a part holds whole photos
+    for o, chosen in enumerate(candidates):
+        for i in chosen:
+            by_photo.setdefault(i, []).append((objects[o], data.images[i]))
+    photos = [by_photo[i] for i in sorted(by_photo)]
+    chunks = [[pair for photo in photos[c:c + args.chunk_size] for pair in photo]
+              for c in range(0, len(photos), args.chunk_size)]
+    pairs = [pair for chunk in chunks for pair in chunk]
     parts = Parts(output_dir / "parts", {"data_path": str(data.root), "pairs": [list(p) for p in pairs],
                                          "sam2_cfg": args.sam2_cfg, "sam2_checkpoint": args.sam2_checkpoint,
                                          "amp": amp, "chunk_size": args.chunk_size})

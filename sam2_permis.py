@@ -51,7 +51,7 @@ def evaluate(pred: np.ndarray, sample) -> np.ndarray:
     """[intersection, union, boundary intersection, boundary union] where the protocol measures
     (PerMIS: PDM's 512 x 512 crop of the target, the same box for prediction and ground truth;
     PerSeg: the whole image), then [intersection, union] on the whole image, and 1 (a target)."""
-    gt = sample.load_mask()
+    gt = sample.mask
     full = intersection_union(pred, gt)
     if sample.eval_box is not None:
         pred, gt = pdm_crop(pred, sample.eval_box), pdm_crop(gt, sample.eval_box)
@@ -63,7 +63,7 @@ def segment_benchmark(engine: PseudoVideo, batch_size: int, episodes, output_dir
     """Segment every target; returns per object the sums of `evaluate`, and writes masks and
     overlays if asked."""
     targets = {str(t.image_path): (episode.name, i, t) for episode in episodes for i, t in enumerate(episode.targets)}
-    references = {e.name: [ReferenceFrame(str(r.image_path), Prompt(mask=r.load_mask())) for r in e.references]
+    references = {e.name: [ReferenceFrame(str(r.image_path), Prompt(mask=r.mask)) for r in e.references]
                   for e in episodes}
     samples = {str(s.image_path): s for e in episodes for s in e.references + e.targets}
     scheduler = PairScheduler(engine, lambda image_id: samples[image_id].load_image(), batch_size)
@@ -78,7 +78,7 @@ def segment_benchmark(engine: PseudoVideo, batch_size: int, episodes, output_dir
             if save_masks:
                 save_png(output_dir / "masks" / file, pred.astype(np.uint8) * 255)
             if index < visualize:
-                save_png(output_dir / "vis" / file, overlay(sample.load_image(), pred, sample.load_mask()))
+                save_png(output_dir / "vis" / file, overlay(sample.load_image(), pred, sample.mask))
     return counts
 
 
@@ -173,8 +173,9 @@ def main(args) -> dict:
     rows = [[name, len(data.objects[name]), len(data.images), len(hits)] for name, hits in found.items()]
     table = format_table(["object", "references", "photos searched", "found in"], rows)
     table += (f"\nno ground truth: no mIoU. found.json lists, per object, the photos where SAM2's object score "
-              f"is > 0{'; masks in ' + str(output_dir / 'masks') if args.save_masks else ''}")
-    metrics = {"dataset": "custom", "photos": len(data.images),
+              f"is > 0{'; masks in ' + str(output_dir / 'masks') if args.save_masks else ''}; image encoder passes: "
+              f"{engine.encoder_passes}")
+    metrics = {"dataset": "custom", "photos": len(data.images), "encoder_passes": engine.encoder_passes,
                "objects": {name: {"references": len(data.objects[name]), "found": len(hits)}
                            for name, hits in found.items()}}
     return finish(args, metrics, table)

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import extract_candidates
@@ -128,17 +129,6 @@ def test_corrupt_image(ilias, tiny_dinov2, tmp_path):
     assert manifest["total"] == 1 and manifest["shards"][0]["corrupt"] == 1
 
 
-def test_bad_inputs(ilias, features, tiny_dinov2, tmp_path):
-    root, info = ilias
-    with pytest.raises(UserError, match="cannot read shard") as missing:
-        extract(root, info, tiny_dinov2, tmp_path / "x", "--split", "db", db=["nope-000000.tar"])
-    assert "nope-000000.tar" in missing.value.where and "--source local" in missing.value.fix
-    with pytest.raises(UserError, match="resolution=56, not 112"):  # features of another setting
-        extract(root, info, tiny_dinov2, features, "--split", "queries", "--dinov2_resolution", 112)
-    with pytest.raises(UserError, match="--topk"):
-        run_topk(features, tmp_path / "t", "--topk", 22)
-
-
 def test_images_and_candidates(ilias, features, tmp_path):
     root, info = ilias
     run_topk(features, tmp_path, "--topk", 21)
@@ -185,3 +175,44 @@ def test_torchrun_two_processes_equal_one(ilias, tiny_dinov2, tmp_path):
         assert json.loads((two / split / "manifest.json").read_text()) == manifest
         for entry in manifest["shards"]:
             assert (two / split / entry["file"]).read_bytes() == (one / split / entry["file"]).read_bytes()
+
+
+def test_large_side_preprocessing_by_hand():
+    """ILIAS's official RESIZE_LARGE (larger side to R, the other floored, aspect kept) and
+    DINOv2's MultiplierPadding(14) (zeros after normalisation, the smaller half before)."""
+    gradient = Image.fromarray(np.tile(np.arange(90, dtype=np.uint8)[None, :, None], (61, 1, 3)))
+    pixels = dinov2.preprocess(gradient, 56, "large_side", 14)
+    assert pixels.shape == (3, 42, 56)  # 61/90 * 56 = 37.96 -> 37 rows, padded by 2 + 3 to 42
+    assert torch.equal(pixels[:, :2], torch.zeros(3, 2, 56)) and torch.equal(pixels[:, 39:], torch.zeros(3, 3, 56))
+    want = dinov2._normalised(gradient.resize((56, 37), Image.BICUBIC))
+    assert torch.equal(pixels[:, 2:39], want)
+    assert dinov2.preprocess(Image.new("RGB", (50, 100)), 56, "large_side", 14).shape == (3, 56, 28)
+    assert dinov2.preprocess(Image.new("RGB", (100, 50)), 56, "short_side_crop", 14).shape == (3, 56, 56)
+
+
+def test_query_box_is_clamped_to_the_image():
+    from utils.ilias_store import union_box
+    assert union_box([[-5, 10, 30, 20], [50, 2, 40, 8]], 80, 60) == (0, 2, 80, 30)
+
+
+def test_images_of_other_shapes_keep_their_shard_order(tiny_dinov2, tmp_path):
+    """Batches hold one image shape (landscape and portrait here); features come back in the
+    shard's order, each equal to the image's own forward."""
+    from utils.synthetic import render_object, render_scene
+
+    rng, obj = np.random.default_rng(5), render_object(11)
+    samples = []
+    for i in range(5):
+        size = (60, 80) if i % 2 else (80, 60)
+        buf = io.BytesIO()
+        render_scene(rng, obj, *size, scale=0.5)[0].save(buf, "JPEG")
+        samples.append((f"{i:06d}/{i:06d}", buf.getvalue(), None))
+    write_webdataset_tar(tmp_path / "mixed-000000.tar", samples)
+    info = {"queries": [], "db": [], "distractors": ["mixed-000000.tar"]}
+    extract(tmp_path, info, tiny_dinov2, tmp_path / "out", "--split", "distractors", queries=["q"], db=["d"])
+    feats, keys, _ = split_arrays(tmp_path / "out", "distractors")
+    assert keys == [key for key, _, _ in samples]
+    model = dinov2.load_dinov2(str(tiny_dinov2), "cpu")
+    for i, (_, jpeg, _) in enumerate(samples):
+        pixels = dinov2.preprocess(Image.open(io.BytesIO(jpeg)), 56, "large_side", 14)
+        np.testing.assert_allclose(feats[i], dinov2.embed(model, pixels[None])[0].numpy(), atol=1e-5)

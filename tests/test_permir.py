@@ -107,36 +107,3 @@ def test_query_is_chosen_on_pdm_crop_not_on_the_frame(tmp_path):
     split, dropped = permir_split(load_permirs_videos(tmp_path / "data"))
     assert dropped == 0 and split.query_paths == [video / "1.jpg"]
     assert split.gallery_paths == [video / "0.jpg", video / "2.jpg"]
-
-
-def test_bad_cache_files(tiny_sam2, permir_root, tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    torch.save({"queries": torch.zeros(2)}, out / "permir_data.pt")
-    with pytest.raises(UserError, match="another version or tool") as foreign:
-        run_main(tiny_sam2, permir_root, out, "--stage", "retrieve")
-    assert "--rebuild_cache" in foreign.value.fix
-    run_main(tiny_sam2, permir_root, out, "--stage", "cache")
-    other = write_permirs(tmp_path / "other", num_videos=2)
-    with pytest.raises(UserError, match="built from"):
-        run_main(tiny_sam2, other, out, "--stage", "retrieve")
-    with pytest.raises(UserError, match="no PerMIR cache"):
-        run_main(tiny_sam2, permir_root, tmp_path / "empty", "--stage", "retrieve")
-    with pytest.raises(UserError, match="not retrieve") as ignored:  # never silently ignored
-        run_main(tiny_sam2, permir_root, out, "--stage", "retrieve", "--rebuild_cache")
-    assert "--stage all --rebuild_cache" in ignored.value.fix
-
-
-def test_cli_one_line_errors(tiny_sam2, permir_root, tmp_path):
-    cfg, ckpt = tiny_sam2
-    result = run_script("sam2_permir_obj_scores.py", "--dataset_file", "permir", "--score", "area",
-                        "--data_path", permir_root)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "--score" in result.stderr
-    bad = write_permirs(tmp_path / "bad", num_videos=2)
-    np.save(bad / "video_1" / "masks.npz.npy", np.array([{1: np.zeros((3, 3), bool)}] * 2, dtype=object),
-            allow_pickle=True)
-    result = run_script("sam2_permir_obj_scores.py", "--dataset_file", "permir", "--data_path", bad,
-                        "--output_dir", tmp_path / "o", "--sam2_cfg", cfg, "--sam2_checkpoint", ckpt)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "video_1" in result.stderr

@@ -134,28 +134,6 @@ def test_uned_object_head(tiny_sam2, uned_root, tmp_path):
     assert "map_all" in metrics["history"][0]
 
 
-def test_bad_inputs(tiny_sam2, revisitop_root, tmp_path):
-    with pytest.raises(UserError, match="folder not found"):
-        train(tiny_sam2, "rparis6k", revisitop_root, tmp_path)
-    no_gnd = write_revisitop(tmp_path / "no_gnd")
-    (no_gnd / "roxford5k" / "gnd_roxford5k.pkl").unlink()
-    with pytest.raises(UserError, match="ground-truth file not found"):
-        train(tiny_sam2, "roxford5k", no_gnd, tmp_path)
-    broken = write_revisitop(tmp_path / "broken")
-    with open(broken / "roxford5k" / "gnd_roxford5k.pkl", "wb") as f:
-        pickle.dump({"imlist": []}, f)
-    with pytest.raises(UserError, match="without the keys"):
-        train(tiny_sam2, "roxford5k", broken, tmp_path)
-    uned = write_uned(tmp_path / "uned", domains=("cars",))
-    entries = json.loads((uned / "info_files" / "cars" / "train.json").read_text())
-    (uned / "images" / entries[0]["path"]).unlink()
-    with pytest.raises(UserError, match="listed but not found"):
-        train(tiny_sam2, "uned", uned, tmp_path, "--uned_domains", "cars")
-    for bad in ("1.5", "-0.1"):
-        with pytest.raises(UserError, match="--val_fraction"):
-            train(tiny_sam2, "roxford5k", revisitop_root, tmp_path, "--val_fraction", bad)
-
-
 def test_uned_formats(tmp_path):
     """Lists of class ids give an image every one of its classes; RP2K files stored under the
     converter's escaped names are found; a class id that is not an integer is refused."""

@@ -1,7 +1,8 @@
 """One error path for every script: a user error ends with one line on stderr and exit 2, an
 interrupt (Ctrl-C) with one line and exit 130. A genuine bug still shows its traceback: only
-`UserError` and `KeyboardInterrupt` are caught."""
+`UserError` is caught."""
 import os
+import signal
 import sys
 
 
@@ -18,12 +19,22 @@ def warn(what: str, where: str, fix: str) -> None:
     print(f"warning: {what} ({where}): {fix}", file=sys.stderr)
 
 
+def _interrupted(signum, frame):
+    """Ctrl-C: stop at once. Every file is written to a temporary name and renamed, so nothing is
+    half-written whenever this happens, and every long stage resumes. Exiting here, rather than
+    raising KeyboardInterrupt wherever the main thread is, cannot leave a lock (a DataLoader's
+    queues, say) taken and the process hung on its way out."""
+    print("interrupted; rerun the same command to resume", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def run_cli(main, parser):
     """Parse the command line and run `main(args)` while holding the lock of its --output_dir
-    (rank 0 holds it for a torchrun group); turn a `UserError` or an interrupt into one line."""
+    (rank 0 holds it for a torchrun group); a `UserError` or Ctrl-C ends it with one line."""
     from utils.io import OutputLock
 
     args = parser.parse_args()
+    previous = signal.signal(signal.SIGINT, _interrupted)
     try:
         if os.environ.get("RANK", "0") == "0":
             with OutputLock(args.output_dir):
@@ -32,6 +43,5 @@ def run_cli(main, parser):
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGINT, previous)

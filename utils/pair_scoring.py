@@ -37,16 +37,20 @@ class PairScheduler:
         self.engine, self.open_image, self.pair_batch_size = engine, open_image, pair_batch_size
 
     def batches(self, pairs: Sequence[tuple[Hashable, str]], references: Mapping[Hashable, Sequence[ReferenceFrame]],
-                with_masks: bool = False, grad: bool = False, desc: str | None = None
-                ) -> Iterator[tuple[list[int], TargetScores]]:
+                with_masks: bool = False, grad: bool = False, desc: str | None = None,
+                groups: Sequence[Hashable] | None = None) -> Iterator[tuple[list[int], TargetScores]]:
         """Score (reference key, target image id) pairs; `references[key]` are its frames (k-shot
         when several). Yields (positions in `pairs`, their results) batch by batch; every pair
         comes exactly once. With masks, each target's mask logits at its own size; with grad,
-        autograd records the SAM2 heads (training)."""
+        autograd records the SAM2 heads (training). `groups` (one per pair, e.g. the saved part it
+        belongs to): targets of different groups never share a batch, so a group's numbers do not
+        depend on what else is run with it (a resumed run equals an uninterrupted one)."""
         engine = self.engine
         by_target: dict[str, list[int]] = {}
         for position, (_, target) in enumerate(pairs):
             by_target.setdefault(target, []).append(position)
+        target_batches = [batch for run in _runs(list(by_target), lambda t: groups[by_target[t][0]] if groups else None)
+                          for batch in batched(run, self.pair_batch_size)]
         uses_left = Counter(reference for reference, _ in pairs)
         # images needed later: as a prompt of a reference not built yet, or as a target
         prompts_left = Counter(frame.image for key in uses_left for frame in references[key])
@@ -65,7 +69,7 @@ class PairScheduler:
             return reference
 
         with progress(total=len(by_target), desc=desc, unit="img", disable=None if desc else True) as bar:
-            for targets in batched(list(by_target), self.pair_batch_size):
+            for targets in target_batches:
                 current = {t: engine.prepare(self.open_image(t), image_id=t) for t in targets}
                 engine.encode(list(current.values()))
                 positions = [p for t in targets for p in by_target[t]]
@@ -98,6 +102,17 @@ class PairScheduler:
         return torch.cat(parts)[torch.from_numpy(np.argsort(order, kind="stable"))]
 
 
+def _runs(items: list, key) -> list[list]:
+    """Consecutive items with an equal key, as lists."""
+    runs = []
+    for item in items:
+        if runs and key(runs[-1][-1]) == key(item):
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
 def score_in_parts(scheduler: PairScheduler, parts: Parts, chunks: Sequence[Sequence[tuple[Hashable, str]]],
                    chunk_ids: Sequence[int], references, with_masks: bool = False,
                    on_result: Callable[[tuple, TargetScores, int], None] | None = None, desc: str | None = None) -> None:
@@ -113,7 +128,8 @@ def score_in_parts(scheduler: PairScheduler, parts: Parts, chunks: Sequence[Sequ
     left = {c: len(chunks[c]) for c in todo}
     for c in [c for c in todo if not left[c]]:  # an empty chunk is finished at once
         parts.save(c, **filled.pop(c))
-    for batch, result in scheduler.batches(pairs, references, with_masks=with_masks, desc=desc):
+    for batch, result in scheduler.batches(pairs, references, with_masks=with_masks, desc=desc,
+                                           groups=[c for c, _ in owner]):
         for i, position in enumerate(batch):
             c, j = owner[position]
             filled[c]["iou"][j] = result.iou[i].item()

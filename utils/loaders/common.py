@@ -21,21 +21,16 @@ TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and
 
 @dataclass
 class Sample:
-    """An image and its object mask: a mask file (read with `read_mask`) or a bool array.
-    `eval_box`: the (left, top, right, bottom) crop a protocol measures the mask on (PerMIS),
-    else None. `exif`: whether the image and mask are read EXIF-oriented (the dataset's rule)."""
+    """An image and its object mask (bool, at the image's size as read). `eval_box`: the (left,
+    top, right, bottom) crop a protocol measures the mask on (PerMIS), else None. `exif`: whether
+    the image is read EXIF-oriented (the dataset's rule)."""
     image_path: Path
-    mask: Path | np.ndarray
+    mask: np.ndarray
     eval_box: tuple[float, float, float, float] | None = None
     exif: bool = False
 
     def load_image(self) -> Image.Image:
         return open_image(self.image_path, self.exif)
-
-    def load_mask(self) -> np.ndarray:
-        if isinstance(self.mask, np.ndarray):
-            return self.mask
-        return read_mask(self.mask, self.exif)
 
 
 @dataclass

@@ -14,6 +14,7 @@ Images are decoded with the official orientation rule of `utils.ilias_store.deco
 import itertools
 import math
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +88,11 @@ def read_shard(location: str, split: str):
         except UserError:
             raise
         except Exception as err:  # whatever the hub client or the tar reader raised
+            fix = ("check the network and the shard name, or download the shards and use --source local"
+                   if location.startswith("hf://") else
+                   "check the shard name, or re-download it (it is missing, damaged, empty or not a tar)")
             raise UserError(f"cannot read shard ({type(err).__name__}: {str(err).splitlines()[0][:160]})",
-                            location, "check the network and the shard name, or download the "
-                            "shards and use --source local") from None
+                            location, fix) from None
         yield sample
 
 
@@ -107,8 +110,13 @@ def _iter_core_folder(root: Path, split: str):
 
 
 def _ignore_interrupts(_worker_id: int) -> None:
-    """Decoding workers leave Ctrl-C to the main process, which reports it on one line."""
+    """Decoding workers leave Ctrl-C to the main process, which reports it on one line (they end
+    when it has gone); the thread that hands their tensors over does not print a traceback when
+    an interrupted main process hangs up on it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    default_hook = sys.excepthook  # multiprocessing's resource sharer reports through it
+    sys.excepthook = lambda kind, error, trace: None if issubclass(kind, ConnectionError) else \
+        default_hook(kind, error, trace)
 
 
 def shard_loader(stream: "ShardBatches", num_workers: int) -> torch.utils.data.DataLoader:

@@ -33,8 +33,8 @@ def load_perseg(root, ref_idx: str = "00", shots: int = 1) -> list[Episode]:
         start = images.index(by_stem[ref_idx])
         ordered = images[start:] + images[:start]
         samples = [_sample(p, masks_dir / object_dir.name) for p in ordered]
-        if not samples[0].load_mask().any():
-            raise UserError("reference mask is empty", str(samples[0].mask),
+        if not samples[0].mask.any():
+            raise UserError("reference mask is empty", str(masks_dir / object_dir.name / f"{samples[0].image_path.stem}.png"),
                             "the reference needs the object's mask; fix the annotation")
         episodes.append(Episode(object_dir.name, samples[:shots], samples[shots:]))
     if not episodes:
@@ -48,5 +48,6 @@ def _sample(image_path: Path, mask_dir: Path) -> Sample:
         raise UserError("mask not found for image", str(image_path),
                         f"add {mask_path} (PerSeg masks are Annotations/<object>/NN.png)")
     # read now (not at its turn in the loop): a broken mask stops the run before any work
-    check_same_size(read_mask(mask_path, exif=True).shape, image_path, str(mask_path), exif=True)
-    return Sample(image_path, mask_path, exif=True)
+    mask = read_mask(mask_path, exif=True)
+    check_same_size(mask.shape, image_path, str(mask_path), exif=True)
+    return Sample(image_path, mask, exif=True)
