@@ -1,5 +1,6 @@
 # Set-up from a fresh clone, then the checks. `make test`: venv, install, pytest. `make demo`:
-# a small synthetic PerSeg sample segmented with the official SAM2.1-tiny checkpoint.
+# a small synthetic sample in the "your own photos" layout, searched and segmented with the
+# official SAM2.1-tiny checkpoint.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -24,13 +25,15 @@ $(VENV)/.installed: requirements.txt Makefile
 test: install
 	$(PY) -m pytest -q
 
+DEMO_SAM2 = --sam2_cfg configs/sam2.1/sam2.1_hiera_t.yaml --sam2_checkpoint checkpoints/sam2.1_hiera_tiny.pt
+
 demo: install
-	$(PY) make_demo_data.py --output_dir datasets/demo_perseg
+	$(PY) make_demo_data.py --output_dir datasets/demo_custom
 	bash checkpoints/download_ckpts.sh tiny
-	$(PY) sam2_permis.py --dataset_file perseg --data_path datasets/demo_perseg \
-		--sam2_cfg configs/sam2.1/sam2.1_hiera_t.yaml \
-		--sam2_checkpoint checkpoints/sam2.1_hiera_tiny.pt \
-		--output_dir outputs/demo --save_masks --visualize
+	$(PY) sam2_permis.py --dataset_file custom --data_path datasets/demo_custom $(DEMO_SAM2) \
+		--output_dir outputs/demo/segmentation --save_masks --visualize 3
+	$(PY) sam2_permir_obj_scores.py --dataset_file custom --data_path datasets/demo_custom $(DEMO_SAM2) \
+		--output_dir outputs/demo/retrieval --visualize 2
 
 clean:
-	rm -rf $(VENV) outputs datasets/demo_perseg
+	rm -rf $(VENV) outputs datasets/demo_custom

@@ -18,15 +18,20 @@ scheduler, the engine, the shard reader), on synthetic JPEG scenes. Suites:
 - features: images/s of the ILIAS feature pipeline (JPEG decode in DataLoader workers, official
   large-side preprocessing, batches of one shape) against the bare forward, in fp32 and with amp;
 - topk: time and peak memory (each in its own process) of the sharded search against one flat
-  search over everything; the results must be identical.
+  search over everything; the results must be identical;
+- photos: your own photos (README), run as a user runs them: sam2_permir_obj_scores.py
+  --dataset_file custom on a folder of photos, all pairs against a DINOv2 shortlist, wall time.
 For fp32 against amp, every suite reports the speed-up, the largest score (or feature) difference
 and the share of tied scores in each. Prints one table and writes <output_dir>/metrics.json.
 """
 import contextlib
 import functools
+import json
 import multiprocessing
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,9 +50,9 @@ from utils.loaders.ilias import ShardBatches, shard_loader
 from utils.pair_scoring import PairScheduler, ReferenceFrame
 from utils.pseudo_video import Prompt, PseudoVideo
 from utils.sam2_model import SAM2_1_MODELS, build_sam2_model
-from utils.synthetic import render_object, render_scene, write_jpeg, write_webdataset_tar
+from utils.synthetic import render_object, render_scene, write_custom, write_jpeg, write_webdataset_tar
 
-SUITES = ("retrieval", "segmentation", "features", "topk")
+SUITES = ("retrieval", "segmentation", "features", "topk", "photos")
 WORKLOADS = {  # name: (queries, gallery per query, shared by all queries), full and --quick
     "all_pairs": {"full": (10, 30, 30), "quick": (2, 3, 3)},
     "k_candidates": {"full": (10, 50, 25), "quick": (2, 4, 2)},
@@ -236,17 +241,18 @@ def bench_segmentation(args, engines, official, folder: Path) -> dict:
     return row
 
 
-def dinov2_model(args, folder: Path, device: torch.device, amp: bool):
+def dinov2_name(args, folder: Path) -> str:
+    """--dinov2, or a folder holding the ViT-S/14 architecture with seeded random weights."""
     if args.dinov2 is not None:
-        return dinov2.load_dinov2(args.dinov2, device, amp)
+        return args.dinov2
     model_dir = folder / "dinov2_vits14"
-    if not model_dir.is_dir():  # the ViT-S/14 architecture, random weights
+    if not model_dir.is_dir():
         from transformers import Dinov2Config, Dinov2Model
 
         torch.manual_seed(args.seed)
         Dinov2Model(Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
                                  intermediate_size=1536, patch_size=14, image_size=518)).save_pretrained(model_dir)
-    return dinov2.load_dinov2(str(model_dir), device, amp)
+    return str(model_dir)
 
 
 def bench_features(args, device: torch.device, folder: Path, amp_on: bool) -> dict:
@@ -258,7 +264,7 @@ def bench_features(args, device: torch.device, folder: Path, amp_on: bool) -> di
     row = {"images": count, "resolution": resolution}
     features = {}
     for precision, amp in (("fp32", False), ("amp", amp_on)):
-        model = dinov2_model(args, folder, device, amp)
+        model = dinov2.load_dinov2(dinov2_name(args, folder), device, amp)
         stream = ShardBatches([("bench", str(folder / "bench-000000.tar"))], "distractors",
                               lambda image: dinov2.preprocess(image, resolution, "large_side", model.config.patch_size),
                               batch, crop_to_box=False, max_images=None)
@@ -280,6 +286,36 @@ def bench_features(args, device: torch.device, folder: Path, amp_on: bool) -> di
     row["amp_speedup"] = row["amp"]["bare_forward_images_per_s"] / row["fp32"]["bare_forward_images_per_s"]
     row["max_feature_diff"] = float(np.abs(features["fp32"] - features["amp"]).max())
     row["min_cosine_fp32_amp"] = float((features["fp32"] * features["amp"]).sum(axis=1).min())
+    return row
+
+
+def bench_photos(args, device: torch.device, folder: Path, amp: bool) -> dict:
+    """Wall time of `sam2_permir_obj_scores.py --dataset_file custom` on a folder of photos, as a
+    user runs it (model loading included): all pairs, then a DINOv2 shortlist of K per object;
+    in fp32 and with --amp."""
+    objects, photos, k = (2, 6, 2) if args.quick else (2, 40, 8)
+    write_custom(folder / "photos", objects, photos, args.seed, size=tuple(args.image_size))
+    torch.manual_seed(args.seed)
+    model = build_sam2_model(args.sam2_cfg, None)
+    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data += 3.0
+    torch.save({"model": model.state_dict()}, folder / "sam2.pt")
+    row = {"objects": objects, "photos": photos, "shortlist_k": k}
+    for precision, precision_flags in (("fp32", []), ("amp", ["--amp"] if amp else [])):
+        for mode, extra in (("all_pairs", []), ("shortlist", ["--dinov2", dinov2_name(args, folder), "--shortlist",
+                                                              str(k)])):
+            out = folder / f"photos_{precision}_{mode}"
+            command = [sys.executable, str(Path(__file__).with_name("sam2_permir_obj_scores.py")), "--dataset_file",
+                       "custom", "--data_path", str(folder / "photos"), "--output_dir", str(out), "--sam2_cfg",
+                       args.sam2_cfg, "--sam2_checkpoint", str(folder / "sam2.pt"), "--device", str(device),
+                       *extra, *precision_flags]
+            seconds, result = timed(subprocess.run, command, capture_output=True, text=True)
+            if result.returncode:
+                raise RuntimeError(f"the {mode} run failed: {result.stderr[-2000:]}")
+            metrics = json.loads((out / "metrics.json").read_text())
+            row[f"{precision}_{mode}"] = {"seconds": seconds, "encoder_passes": metrics["encoder_passes"],
+                                          "sam2_pairs": objects * (photos if mode == "all_pairs" else k)}
+        row[f"{precision}_shortlist_speedup"] = row[f"{precision}_all_pairs"]["seconds"] / \
+            row[f"{precision}_shortlist"]["seconds"]
     return row
 
 
@@ -386,6 +422,8 @@ def main(args) -> dict:
         if "topk" in suites:
             (folder / "topk").mkdir()
             results["topk"] = bench_topk(args, folder / "topk")
+        if "photos" in suites:
+            results["photos"] = bench_photos(args, device, folder, amp)
     return finish(args, results, report(results))
 
 
@@ -426,6 +464,15 @@ def report(results: dict) -> str:
         rows.append([f"top-K {r['database']:,} x 384: s sharded | flat", f"{r['sharded_s']:.2f} | {r['flat_s']:.2f}",
                      "", "", f"peak MB {r['sharded_peak_mb']:.0f} vs {r['flat_peak_mb']:.0f} (one shard "
                      f"{r['one_shard_mb']:.0f}); identical: {r['identical']}"])
+    if "photos" in results:
+        r = results["photos"]
+        for mode in ("all_pairs", "shortlist"):
+            fp32, amp = r[f"fp32_{mode}"], r[f"amp_{mode}"]
+            rows.append([f"your photos, {r['objects']} objects x {r['photos']} photos, "
+                         f"{'all pairs' if mode == 'all_pairs' else 'shortlist of ' + str(r['shortlist_k'])}: s",
+                         f"{fp32['seconds']:.1f}", f"{amp['seconds']:.1f}", f"{fp32['seconds'] / amp['seconds']:.2f}x",
+                         f"{fp32['sam2_pairs']} SAM2 pairs, {fp32['encoder_passes']} encoder passes (model loading "
+                         "included)"])
     return format_table(["measure", "fp32", "amp", "amp speed-up", "notes"], rows)
 
 

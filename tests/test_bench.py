@@ -27,4 +27,7 @@ def test_bench_quick_on_tiny_models(tiny_sam2, tiny_dinov2, tmp_path):
     features = results["features"]
     assert features["fp32"]["pipeline_images_per_s"] > 0 and features["min_cosine_fp32_amp"] > 0.99
     assert results["topk"]["identical"] is True
+    photos = results["photos"]  # your photos: each photo encoded once; a shortlist of 2 per object
+    assert photos["fp32_all_pairs"]["encoder_passes"] == 6 + 4 and photos["fp32_all_pairs"]["sam2_pairs"] == 2 * 6
+    assert photos["fp32_shortlist"]["sam2_pairs"] == 2 * 2 and photos["fp32_shortlist"]["encoder_passes"] <= 4 + 4
     assert "k_candidates" in result.stdout and "top-K" in result.stdout
