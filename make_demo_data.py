@@ -4,7 +4,7 @@
     python make_demo_data.py --layout perseg --output_dir datasets/demo_perseg   # PerSeg layout
 
 Deterministic for a seed. `custom` writes references/<object>.jpg with a mask (.png), a second
-shot <object>_2.jpg with a box (.txt), and images/{home,trip}/NNN.jpg to search: the layout of
+shot <object>_2.jpg with a box (.txt), and images/{indoor,outdoor}/NNN.jpg to search: the layout of
 README "Your own photos", so `make demo` shows exactly what a user gets for their own photos.
 `perseg` writes Images/<object>/NN.jpg and Annotations/<object>/NN.png (PerSeg's layout).
 """

@@ -152,12 +152,12 @@ def run_permir(args, device: torch.device, amp: bool, batch_size: int) -> dict:
 
 # --- your own photos --------------------------------------------------------------------------
 
-def reference_crop(data: CustomData, image: str, prompt: Prompt):
+def reference_crop(data: CustomData, frame: ReferenceFrame):
     """A reference photo cut to its object (the mask's bounding box, or the box): what DINOv2 sees."""
-    photo = data.open(image)
-    if prompt.box is not None:
-        return photo.crop(tuple(int(round(v)) for v in prompt.box))
-    ys, xs = np.nonzero(prompt.mask)
+    photo = data.open(frame.image)
+    if frame.prompt.box is not None:
+        return photo.crop(tuple(int(round(v)) for v in frame.prompt.box))
+    ys, xs = np.nonzero(frame.prompt.mask)
     return photo.crop((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
 
 
@@ -178,7 +178,7 @@ def dinov2_similarity(args, data: CustomData, device, amp: bool) -> np.ndarray:
     photos = np.concatenate([parts.load(c)["features"] for c in range(len(chunks))])
     similarity = np.zeros((len(data.objects), len(data.images)), np.float32)
     for o, shots in enumerate(data.objects.values()):
-        crops = embed([lambda s=s: reference_crop(data, *s) for s in shots], None)
+        crops = embed([lambda s=s: reference_crop(data, s) for s in shots], None)
         similarity[o] = (crops @ photos.T).max(axis=0)
     return similarity
 
@@ -205,8 +205,7 @@ def run_custom(args, device: torch.device, amp: bool, batch_size: int) -> dict:
                                          "amp": amp, "chunk_size": args.chunk_size})
     parts.start()
     engine = PseudoVideo(build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, device), amp)
-    references = {name: [ReferenceFrame(image, prompt) for image, prompt in shots] for name, shots in data.objects.items()}
-    score_in_parts(PairScheduler(engine, data.open, batch_size), parts, chunks, range(len(chunks)), references,
+    score_in_parts(PairScheduler(engine, data.open, batch_size), parts, chunks, range(len(chunks)), data.objects,
                    desc="photos")
     sam2 = dict(zip(pairs, np.concatenate(chunk_scores(parts, chunks, args.score))))
     rankings = rank_custom(data, objects, sam2, similarity)
@@ -250,7 +249,7 @@ def write_rankings(path: Path, rankings: dict) -> None:
 
 def visualize_custom(output_dir: Path, data: CustomData, rankings: dict, count: int) -> None:
     for name in list(rankings)[:count]:
-        shots = [with_prompt(data.open(image), prompt.mask, prompt.box) for image, prompt in data.objects[name]]
+        shots = [with_prompt(data.open(f.image), f.prompt.mask, f.prompt.box) for f in data.objects[name]]
         top = [data.open(row["image"]) for row in rankings[name][:TOP_SHOWN]]
         save_png(output_dir / "vis" / f"{name}.png", stack_rows([ranking_strip(shots[0], top)] +
                                                                 [ranking_strip(shot, []) for shot in shots[1:]]))

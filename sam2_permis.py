@@ -111,7 +111,6 @@ def segment_custom(engine: PseudoVideo, batch_size: int, data: CustomData, parts
     overlays of the photos where it is found. Returns object -> [(photo, iou, object score)]."""
     scheduler = PairScheduler(engine, data.open, batch_size)
     objects = list(data.objects)
-    references = {name: [ReferenceFrame(image, prompt) for image, prompt in shots] for name, shots in data.objects.items()}
     chunks = [[(name, image) for image in images for name in objects] for images in
               (data.images[i:i + chunk_size] for i in range(0, len(data.images), chunk_size))]
     parts.start()
@@ -135,7 +134,7 @@ def segment_custom(engine: PseudoVideo, batch_size: int, data: CustomData, parts
             save_png(output_dir / "vis" / file, overlay(data.open(image), pred))
         shown[name] += 1
 
-    score_in_parts(scheduler, parts, chunks, range(len(chunks)), references, with_masks=save_masks or visualize > 0,
+    score_in_parts(scheduler, parts, chunks, range(len(chunks)), data.objects, with_masks=save_masks or visualize > 0,
                    on_result=write, desc="photos")
     saved = [parts.load(c) for c in range(len(chunks))]
     ious, logits = (np.concatenate([s[field] for s in saved]) for field in ("iou", "object_score_logit"))

@@ -163,7 +163,7 @@ CASES = {  # case -> (make the script and its argv from the shared context and a
     "custom: box outside the image": (segmentation("custom", custom(lambda r: write_bytes(r / "references/object_1_2.txt", b"10 10 500 30"))), "object_1_2.txt"),
     "custom: box that is not four numbers": (segmentation("custom", custom(lambda r: write_bytes(r / "references/object_1_2.txt", b"left top"))), "object_1_2.txt"),
     "custom: empty images folder": (segmentation("custom", custom(lambda r: [p.unlink() for p in (r / "images").rglob("*.jpg")])), "images"),
-    "custom: a file that is not an image": (segmentation("custom", custom(lambda r: write_bytes(r / "images/home/000.jpg", b"not a jpeg"))), "000.jpg"),
+    "custom: a file that is not an image": (segmentation("custom", custom(lambda r: write_bytes(r / "images/indoor/000.jpg", b"not a jpeg"))), "000.jpg"),
     "custom: no references folder": (segmentation("custom", custom(lambda r: shutil.rmtree(r / "references"))), "references"),
     # sam2_permir_obj_scores.py
     "permir: unknown score": (retrieval("permir", permirs(lambda v: None), "--score", "area"), "--score"),

@@ -13,7 +13,7 @@ import sam2_permir_obj_scores
 import sam2_permis
 from utils.loaders.common import open_image
 from utils.loaders.custom import load_custom
-from utils.pair_scoring import PairScheduler, ReferenceFrame
+from utils.pair_scoring import PairScheduler
 from utils.pseudo_video import PseudoVideo
 from utils.sam2_model import build_sam2_model
 
@@ -32,9 +32,8 @@ def half_found(tiny_sam2, photos, tmp_path_factory):
     cfg, ckpt = tiny_sam2
     model = build_sam2_model(str(cfg), str(ckpt))
     data = load_custom(photos)
-    references = {name: [ReferenceFrame(image, prompt) for image, prompt in shots] for name, shots in data.objects.items()}
     pairs = [(name, image) for image in data.images for name in data.objects]
-    logits = PairScheduler(PseudoVideo(model), data.open, 4).scores(pairs, references, "object").logit()
+    logits = PairScheduler(PseudoVideo(model), data.open, 4).scores(pairs, data.objects, "object").logit()
     model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data -= logits.median()
     path = tmp_path_factory.mktemp("half") / "half.pt"
     torch.save({"model": model.state_dict()}, path)
@@ -58,12 +57,11 @@ def retrieve(*argv):
 def test_the_demo_sample_is_in_the_custom_layout(photos):
     data = load_custom(photos)
     assert list(data.objects) == ["object_0", "object_1"]
-    for name, shots in data.objects.items():  # a shot with its mask, a second one with its box
-        (first, mask_prompt), (second, box_prompt) = shots
-        assert (first, second) == (f"references/{name}.jpg", f"references/{name}_2.jpg")
-        assert mask_prompt.mask is not None and mask_prompt.mask.shape == open_image(photos / first).size[::-1]
-        assert box_prompt.box is not None
-    assert data.images == [f"images/{'trip' if i % 2 else 'home'}/{i:03d}.jpg" for i in sorted(range(6), key=lambda i: (i % 2, i))]
+    for name, (first, second) in data.objects.items():  # a shot with its mask, a second one with its box
+        assert (first.image, second.image) == (f"references/{name}.jpg", f"references/{name}_2.jpg")
+        assert first.prompt.mask is not None and first.prompt.mask.shape == open_image(photos / first.image).size[::-1]
+        assert second.prompt.box is not None
+    assert data.images == [f"images/{'outdoor' if i % 2 else 'indoor'}/{i:03d}.jpg" for i in sorted(range(6), key=lambda i: (i % 2, i))]
 
 
 def test_segmentation_finds_and_segments(half_found, photos, tmp_path):
@@ -102,7 +100,7 @@ def test_segmentation_resumes_from_finished_parts(half_found, photos, tmp_path):
     for name in ("settings.json", "chunk_00000.npz"):  # a run killed after its first part
         (resumed / "parts" / name).write_bytes((full / "parts" / name).read_bytes())
     for mask in (full / "masks").rglob("*.png"):
-        if mask.stem in ("000", "002"):  # the first part's photos, sorted: home/000, home/002
+        if mask.stem in ("000", "002"):  # the first part's photos, sorted: indoor/000, indoor/002
             target = resumed / mask.relative_to(full)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(mask.read_bytes())
@@ -125,12 +123,11 @@ def test_retrieval_ranks_every_photo_by_the_sam2_score(tiny_sam2, photos, tmp_pa
     data = load_custom(photos)
     assert [r["object"] for r in rows] == [name for name in data.objects for _ in data.images]
     model = build_sam2_model(str(tiny_sam2[0]), str(tiny_sam2[1]))
-    references = {name: [ReferenceFrame(image, prompt) for image, prompt in shots] for name, shots in data.objects.items()}
     for name in data.objects:
         ranked = [r for r in rows if r["object"] == name]
         assert [int(r["rank"]) for r in ranked] == list(range(1, 7)) and {r["image"] for r in ranked} == set(data.images)
         scores = PairScheduler(PseudoVideo(model), data.open, 2).scores([(name, r["image"]) for r in ranked],
-                                                                        references, "iou")
+                                                                        data.objects, "iou")
         np.testing.assert_allclose([float(r["sam2_score"]) for r in ranked], scores.numpy(), atol=1e-5)
         assert all(a >= b for a, b in zip(scores, scores[1:])) and all(r["dinov2_score"] == "" for r in ranked)
     assert metrics["encoder_passes"] == 6 + 4

@@ -58,7 +58,7 @@ def huge_photo(root):
     """A 12,000 x 9,000 photo (108 Mpixel: PIL warns of a decompression bomb above 89 Mpixel)."""
     image = Image.new("RGB", (12000, 9000), (30, 90, 160))
     image.paste((230, 200, 20), (4000, 3000, 8000, 6000))
-    image.save(root / "images/home/huge.jpg", quality=70)
+    image.save(root / "images/indoor/huge.jpg", quality=70)
 
 
 def bomb_header(root):
@@ -66,7 +66,7 @@ def bomb_header(root):
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0)
-    (root / "images/home/bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+    (root / "images/indoor/bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
                                                   chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 

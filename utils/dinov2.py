@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from utils.amp import autocast, keep_fp32
+from utils.cli import progress
 from utils.errors import UserError
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
@@ -91,8 +92,6 @@ def embed_images(model, images, resolution: int, mode: str, batch_size: int, amp
                  desc: str | None = None) -> np.ndarray:
     """Features [N, D] of images given as callables returning a PIL image (decoded when needed),
     in their order; preprocessed images of one shape are batched together."""
-    from utils.cli import progress
-
     patch_size = model.config.patch_size
     features = np.zeros((len(images), model.config.hidden_size), np.float32)
     pending: dict[tuple, list] = {}  # shape -> [(position, pixels)]

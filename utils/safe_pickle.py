@@ -1,8 +1,8 @@
 """Read the two official pickle formats without letting a file run code.
 
 Unpickling calls whatever function a file names (`os.system` is one opcode away), so a tampered
-dataset mirror could own the machine of everyone who evaluates on it. As `torch.load(...,
-weights_only=True)` does for checkpoints, these readers rebuild only what the official files
+dataset mirror could own the machine of everyone who evaluates on it. As torch's weights-only
+loading does for checkpoints, these readers rebuild only what the official files
 hold and refuse anything else with one clear line naming the file:
 - PerMIRS `masks.npz.npy` (PDM's `np.save` of a list of per-frame dicts {track_id: bool mask}):
   an .npy object array, i.e. builtin containers and scalars, numpy arrays and dtypes;

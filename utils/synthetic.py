@@ -112,7 +112,7 @@ def write_custom(root, num_objects: int = 2, num_images: int = 8, seed: int = 0,
         k = i % (num_objects + 1)  # every (num_objects + 1)-th photo holds no object
         obj = render_object(seed * 1000 + k) if k < num_objects else blank
         image, _ = render_scene(rng, obj, *size, scale=float(rng.uniform(0.3, 0.5)))
-        photo = f"images/{'trip' if i % 2 else 'home'}/{i:03d}.jpg"
+        photo = f"images/{'outdoor' if i % 2 else 'indoor'}/{i:03d}.jpg"
         write_jpeg(root / photo, image)
         if k < num_objects:
             holds[f"object_{k}"].append(photo)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from utils.errors import UserError
 from utils.loaders.common import check_same_size, image_size, open_image, read_mask, require_dir
+from utils.pair_scoring import ReferenceFrame
 from utils.pseudo_video import Prompt
 
 REFERENCE_SUFFIXES = (".jpg", ".jpeg")
@@ -28,7 +29,7 @@ LAYOUT = "references/<object>.jpg with <object>.png (mask) or <object>.txt (box)
 @dataclass
 class CustomData:
     root: Path
-    objects: dict[str, list[tuple[str, Prompt]]]  # object -> its shots: (image id, prompt)
+    objects: dict[str, list[ReferenceFrame]]  # object -> its shots, the frames of its pseudo-video
     images: list[str]  # ids of the photos to search, sorted
 
     def open(self, image_id: str):
@@ -43,11 +44,11 @@ def load_custom(root) -> CustomData:
     if not photos:
         raise UserError("no reference photo", str(references), f"add {LAYOUT}")
     stems = {p.stem for p in photos}
-    objects: dict[str, list[tuple[str, Prompt]]] = {}
+    objects: dict[str, list[ReferenceFrame]] = {}
     for photo in photos:
         shot = re.fullmatch(r"(.+)_(\d+)", photo.stem)
         name = shot.group(1) if shot and int(shot.group(2)) >= 2 and shot.group(1) in stems else photo.stem
-        objects.setdefault(name, []).append((str(photo.relative_to(root)), _prompt(photo)))
+        objects.setdefault(name, []).append(ReferenceFrame(str(photo.relative_to(root)), _prompt(photo)))
     images = sorted(str(p.relative_to(root)) for p in images_dir.rglob("*")
                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
