@@ -1,6 +1,6 @@
 """Speed benchmark: every stage in fp32 and with --amp, against its baseline and its floor, in one run.
 
-    python bench.py --quick                          # a few minutes on a CPU
+    python bench.py --quick                          # about 3 minutes on 2 CPU cores
     python bench.py                                  # benchmark scale (about 40 minutes on 2 CPU cores)
     python bench.py --suite retrieval --device cuda
 
