@@ -107,14 +107,14 @@ class Parts:
     they were made with. A rerun with the same settings skips the finished chunks; other settings
     are an error (parts of two runs must never mix)."""
 
-    def __init__(self, folder, settings: dict, flag: str = "--output_dir"):
-        self.folder, self.settings, self.flag = Path(folder), json.loads(json.dumps(settings)), flag
+    def __init__(self, folder, settings: dict):
+        self.folder, self.settings = Path(folder), json.loads(json.dumps(settings))
 
     def check(self) -> None:
         path = self.folder / "settings.json"
         if path.is_file() and load_json(path, "parts settings", "delete the parts folder") != self.settings:
-            raise UserError(f"this {self.flag} holds parts of a run with other settings", str(path),
-                            f"use another {self.flag}, or delete its {self.folder.name}/ folder")
+            raise UserError("this --output_dir holds parts of a run with other settings", str(path),
+                            f"use another --output_dir, or delete its {self.folder.name}/ folder")
 
     def start(self) -> None:
         self.check()

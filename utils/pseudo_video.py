@@ -290,8 +290,8 @@ class PseudoVideo:
 def _reuse_position_encoding(model: SAM2Base) -> None:
     """The image encoder's neck recomputes, copies and casts its sine position encoding (the same
     for every image of a size) on every forward: at 1024 px, 64 MB per image, a tenth (fp32) to a
-    fifth (bf16) of an encode on a CPU. Give it back as a view of one cached copy per size and dtype instead (the
-    same values). Only this model instance changes; its state dict does not."""
+    fifth (bf16) of an encode on a CPU. Give it back as a view of one cached copy per size and
+    dtype instead (the same values). Only this model instance changes; its state dict does not."""
     encoding = model.image_encoder.neck.position_encoding
     if getattr(encoding, "_reused", False):
         return
