@@ -19,8 +19,8 @@ scheduler, the engine, the shard reader), on synthetic JPEG scenes. Suites:
   large-side preprocessing, batches of one shape) against the bare forward, in fp32 and with amp;
 - topk: time and peak memory (each in its own process) of the sharded search against one flat
   search over everything; the results must be identical;
-- photos: your own photos (README), run as a user runs them: sam2_permir_obj_scores.py
-  --dataset_file custom on a folder of photos, all pairs against a DINOv2 shortlist, wall time.
+- photos: your own photos (README), run as a user runs them: search_photos.py on a folder of
+  photos, all pairs against a DINOv2 shortlist, wall time.
 For fp32 against amp, every suite reports the speed-up, the largest score (or feature) difference
 and the share of tied scores in each. Prints one table and writes <output_dir>/metrics.json.
 """
@@ -43,8 +43,8 @@ from tqdm import tqdm
 
 from utils import dinov2
 from utils.amp import amp_enabled
-from utils.cli import CliParser, add_output_args, finish, format_table, pair_batch_size, resolve_device, set_seed
-from utils.errors import run_cli
+from utils.cli import CliParser, add_output_args, finish, format_table, run_cli, setup
+from utils.dist import default_pair_batch_size
 from utils.loaders.common import open_image
 from utils.loaders.ilias import ShardBatches, shard_loader
 from utils.pair_scoring import PairScheduler, ReferenceFrame
@@ -186,7 +186,7 @@ def run_scheduler(engine: PseudoVideo, batch_size: int, references, pairs, with_
         for batch, result in scheduler.batches(pairs, references, with_masks=with_masks):
             scores[batch] = result.score("iou").numpy()
             for row, position in enumerate(batch):
-                masks[position] = result.mask_logits[row].numpy() > 0 if with_masks else None
+                masks[position] = result.mask_logit(row).numpy() > 0 if with_masks else None
 
     seconds, _ = timed(run)
     return seconds, scores, masks
@@ -195,7 +195,7 @@ def run_scheduler(engine: PseudoVideo, batch_size: int, references, pairs, with_
 def bench_retrieval(args, engines, official, folder: Path, floors: dict) -> dict:
     """`engines()`: fresh fp32 and amp engines (caches and counters empty)."""
     results = {}
-    batch = pair_batch_size(None, official.device)
+    batch = default_pair_batch_size(None, official.device)
     sample = args.official_pairs or (2 if args.quick else 4)
     for name in WORKLOADS:
         work = workload(name, folder, args)
@@ -231,7 +231,7 @@ def bench_segmentation(args, engines, official, folder: Path) -> dict:
     scores, predicted = {}, {}
     for precision, engine in engines().items():
         seconds, scores[precision], predicted[precision] = run_scheduler(
-            engine, pair_batch_size(None, official.device), references, pairs, with_masks=True)
+            engine, default_pair_batch_size(None, official.device), references, pairs, with_masks=True)
         row[precision] = {"s_per_target": seconds / targets, "speedup_vs_official": t_official / seconds}
     row["amp_speedup"] = row["fp32"]["s_per_target"] / row["amp"]["s_per_target"]
     equal = sum(int((a == b).sum()) for a, b in zip(predicted["fp32"], predicted["amp"]))
@@ -290,7 +290,7 @@ def bench_features(args, device: torch.device, folder: Path, amp_on: bool) -> di
 
 
 def bench_photos(args, device: torch.device, folder: Path, amp: bool) -> dict:
-    """Wall time of `sam2_permir_obj_scores.py --dataset_file custom` on a folder of photos, as a
+    """Wall time of `search_photos.py` on a folder of photos, as a
     user runs it (model loading included): all pairs, then a DINOv2 shortlist of K per object;
     in fp32 and with --amp."""
     objects, photos, k = (2, 6, 2) if args.quick else (2, 40, 8)
@@ -304,15 +304,15 @@ def bench_photos(args, device: torch.device, folder: Path, amp: bool) -> dict:
         for mode, extra in (("all_pairs", []), ("shortlist", ["--dinov2", dinov2_name(args, folder), "--shortlist",
                                                               str(k)])):
             out = folder / f"photos_{precision}_{mode}"
-            command = [sys.executable, str(Path(__file__).with_name("sam2_permir_obj_scores.py")), "--dataset_file",
-                       "custom", "--data_path", str(folder / "photos"), "--output_dir", str(out), "--sam2_cfg",
+            command = [sys.executable, str(Path(__file__).with_name("search_photos.py")),
+                       "--data_path", str(folder / "photos"), "--output_dir", str(out), "--sam2_cfg",
                        args.sam2_cfg, "--sam2_checkpoint", str(folder / "sam2.pt"), "--device", str(device),
                        *extra, *precision_flags]
             seconds, result = timed(subprocess.run, command, capture_output=True, text=True)
             if result.returncode:
                 raise RuntimeError(f"the {mode} run failed: {result.stderr[-2000:]}")
             metrics = json.loads((out / "metrics.json").read_text())
-            row[f"{precision}_{mode}"] = {"seconds": seconds, "encoder_passes": metrics["encoder_passes"],
+            row[f"{precision}_{mode}"] = {"seconds": seconds, "encoder_passes": metrics["run"]["encoder_passes"],
                                           "sam2_pairs": objects * (photos if mode == "all_pairs" else k)}
         row[f"{precision}_shortlist_speedup"] = row[f"{precision}_all_pairs"]["seconds"] / \
             row[f"{precision}_shortlist"]["seconds"]
@@ -387,8 +387,8 @@ def bench_topk(args, folder: Path) -> dict:
 
 
 def main(args) -> dict:
-    set_seed(args.seed)
-    device = resolve_device(args.device)
+    run = setup(args, distributed=False)
+    device = run.device
     suites = list(SUITES) if args.suite == "all" else [args.suite]
     amp = amp_enabled(True, device)  # where bf16 is not native, "amp" runs in fp32 (and says so)
     results = {"device": str(device), "amp_native": amp, "torch_threads": torch.get_num_threads(),
@@ -424,7 +424,7 @@ def main(args) -> dict:
             results["topk"] = bench_topk(args, folder / "topk")
         if "photos" in suites:
             results["photos"] = bench_photos(args, device, folder, amp)
-    return finish(args, results, report(results))
+    return finish(args, results, report(results), run)
 
 
 def report(results: dict) -> str:

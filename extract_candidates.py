@@ -12,10 +12,11 @@ topk_candidates_ilias.py. Next: sam2_reranking.py with the same --rerank_depth.
 from pathlib import Path
 
 import numpy as np
-from utils.cli import CliParser, add_ilias_source_args, finish, format_table, progress
-from utils.errors import UserError, run_cli
+from utils.cli import CliParser, add_ilias_source_args, finish, format_table, run_cli, setup
+from utils.errors import UserError
 from utils.ilias_store import image_file, load_topk, shard_record, write_image
 from utils.loaders.ilias import read_shard, shard_location
+from utils.loops import progress
 
 
 def get_args_parser() -> CliParser:
@@ -43,6 +44,7 @@ def needed_by_shard(indices: np.ndarray, num_db: int, manifest: dict, split_dir:
 
 
 def main(args) -> dict:
+    run = setup(args, distributed=False)
     features_dir, images_dir = Path(args.features_dir), Path(args.images_dir)
     topk = load_topk(Path(args.topk_dir), features_dir, args.rerank_depth)
     manifest = topk["manifests"].get("distractors", {"shards": []})
@@ -67,7 +69,7 @@ def main(args) -> dict:
     counts = {"needed": total, "written": written, "already_present": total - written, "shards_read": len(missing),
               "shards": len(manifest["shards"]), "rerank_depth": args.rerank_depth}
     table = format_table(["distractors in the re-ranked lists", "count"], [[name, value] for name, value in counts.items()])
-    return finish(args, counts, table)
+    return finish(args, counts, table, run)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ extract_candidates.py.
 """
 from pathlib import Path
 
-from utils.cli import CliParser, add_ilias_source_args, finish, format_table, progress
-from utils.errors import run_cli
+from utils.cli import CliParser, add_ilias_source_args, finish, format_table, run_cli, setup
 from utils.ilias_store import write_image
 from utils.loaders.ilias import read_shard, shard_location
+from utils.loops import progress
 
 
 def get_args_parser() -> CliParser:
@@ -25,6 +25,7 @@ def get_args_parser() -> CliParser:
 
 
 def main(args) -> dict:
+    run = setup(args, distributed=False)
     counts = {}
     for split in ("queries", "db"):
         images = written = without_jpg = 0
@@ -40,7 +41,8 @@ def main(args) -> dict:
                          "samples_without_jpg": without_jpg}
     columns = ["images", "written", "already_present", "samples_without_jpg"]
     rows = [[split, *(c[name] for name in columns)] for split, c in counts.items()]
-    return finish(args, counts, format_table(["split", "images", "written", "already present", "without jpg"], rows))
+    table = format_table(["split", "images", "written", "already present", "without jpg"], rows)
+    return finish(args, counts, table, run)
 
 
 if __name__ == "__main__":

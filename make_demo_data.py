@@ -8,8 +8,8 @@ shot <object>_2.jpg with a box (.txt), and images/{indoor,outdoor}/NNN.jpg to se
 README "Your own photos", so `make demo` shows exactly what a user gets for their own photos.
 `perseg` writes Images/<object>/NN.jpg and Annotations/<object>/NN.png (PerSeg's layout).
 """
-from utils.cli import CliParser, check_positive, finish, format_table
-from utils.errors import UserError, run_cli
+from utils.cli import CliParser, finish, format_table, run_cli, setup
+from utils.errors import UserError, check_positive
 from utils.synthetic import write_custom, write_perseg
 
 
@@ -25,6 +25,7 @@ def get_args_parser() -> CliParser:
 
 
 def main(args) -> dict:
+    run = setup(args, distributed=False)
     check_positive(args.objects, "--objects")
     if args.layout == "perseg":
         if args.images < 2:
@@ -38,7 +39,7 @@ def main(args) -> dict:
         rows = [[name, len(photos)] for name, photos in holds.items()]
     table = format_table(["object", "images" if args.layout == "perseg" else "photos holding it"], rows)
     return finish(args, {"layout": args.layout, "objects": len(rows), "images": args.images},
-                  table + f"\n{args.layout} sample written to {args.output_dir}")
+                  table + f"\n{args.layout} sample written to {args.output_dir}", run)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 from utils import dinov2
-from utils.amp import amp_enabled
 from utils.cli import (ILIAS_SPLITS, CliParser, add_device_args, add_dinov2_args, add_ilias_source_args,
-                       add_output_args, check_positive, finish, format_table, progress, resolve_device, set_seed)
-from utils.dist import barrier, init_distributed, rank_share
-from utils.errors import UserError, run_cli
+                       add_output_args, finish, format_table, run_cli, setup)
+from utils.dist import Run, barrier
+from utils.errors import UserError, check_positive
 from utils.ilias_store import finished_shard, write_manifest, write_shard
 from utils.loaders.ilias import ShardBatches, shard_loader, shard_location
+from utils.loops import progress
 
 
 def get_args_parser() -> CliParser:
@@ -37,8 +37,7 @@ def get_args_parser() -> CliParser:
     parser.add_argument("--max_distractors", type=int, default=None, help="use only the first N")
     parser.add_argument("--skip_corrupt", action="store_true",
                         help="give undecodable images no feature (counted) instead of stopping")
-    parser.add_argument("--num_workers", type=int, default=4, help="decoding processes")
-    add_device_args(parser)
+    add_device_args(parser, "decoding processes (a process reads whole shards)")
     add_output_args(parser, "outputs/ilias/features")
     return parser
 
@@ -77,7 +76,7 @@ def _in_shard_order(acc: dict, dim: int, split: str, settings: dict) -> tuple[np
     return features, record
 
 
-def run_split(args, model, split: str, amp: bool, rank: int, world: int) -> dict:
+def run_split(args, model, split: str, run: Run) -> dict:
     shards = getattr(args, f"{split}_shards")
     split_dir = Path(args.output_dir) / split
     settings = {"model": args.dinov2, "resolution": args.dinov2_resolution, "preprocess": args.dinov2_preprocess,
@@ -86,13 +85,13 @@ def run_split(args, model, split: str, amp: bool, rank: int, world: int) -> dict
     patch_size = model.config.patch_size
     # with --max_distractors, shards go in waves (one per decoding worker of every rank), in
     # order, and stop once the finished ones hold enough images (every rank reads their counts)
-    wave = world * max(1, args.num_workers) if max_images is not None else len(shards)
+    wave = run.world * max(1, run.num_workers) if max_images is not None else len(shards)
     for start in range(0, len(shards), wave):
         if max_images is not None:
             done = [finished_shard(split_dir, s, settings) for s in shards[:start]]
             if sum(r["count"] for r in done if r) >= max_images:
                 break
-        mine = [s for s in rank_share(shards[start:start + wave], rank, world)
+        mine = [s for s in shards[start:start + wave][run.rank::run.world]
                 if finished_shard(split_dir, s, settings) is None]
         if mine:
             locations = [(s, shard_location(args.source, args.data_path, getattr(args, f"{split}_repo"), s))
@@ -100,10 +99,10 @@ def run_split(args, model, split: str, amp: bool, rank: int, world: int) -> dict
             stream = ShardBatches(locations, split, lambda image: dinov2.preprocess(
                 image, args.dinov2_resolution, args.dinov2_preprocess, patch_size), args.dinov2_batch_size,
                 crop_to_box=split == "queries" and args.query_crop == "box", max_images=max_images)
-            extract_shards(model, stream, split_dir, settings, args.skip_corrupt, args.num_workers, amp,
-                           f"{split} (rank {rank})")
+            extract_shards(model, stream, split_dir, settings, args.skip_corrupt, run.num_workers, run.amp,
+                           f"{split} (rank {run.rank})")
         barrier()
-    manifest = write_manifest(split_dir, split, shards, settings, max_images) if rank == 0 else None
+    manifest = write_manifest(split_dir, split, shards, settings, max_images) if run.is_main else None
     barrier()
     return manifest
 
@@ -112,21 +111,18 @@ def main(args) -> dict:
     check_positive(args.dinov2_batch_size, "--dinov2_batch_size")
     if args.max_distractors is not None:
         check_positive(args.max_distractors, "--max_distractors")
-    set_seed(args.seed)
-    device = resolve_device(args.device)
-    amp = amp_enabled(args.amp, device)
-    rank, world = init_distributed(device)
-    model = dinov2.load_dinov2(args.dinov2, device, amp)
+    run = setup(args)
+    model = dinov2.load_dinov2(args.dinov2, run.device, run.amp)
     splits = list(ILIAS_SPLITS) if args.split == "all" else [args.split]
-    manifests = {split: run_split(args, model, split, amp, rank, world) for split in splits}
-    if rank != 0:
+    manifests = {split: run_split(args, model, split, run) for split in splits}
+    if not run.is_main:
         return {}
     rows = [[split, len(m["shards"]), m["total"], sum(e["corrupt"] for e in m["shards"])]
             for split, m in manifests.items()]
     metrics = {split: {"shards": len(m["shards"]), "images": m["total"],
                        "corrupt_skipped": sum(e["corrupt"] for e in m["shards"])} for split, m in manifests.items()}
     table = format_table(["split", "shards", "features", "corrupt skipped"], rows)
-    return finish(args, metrics, table)
+    return finish(args, metrics, table, run)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,10 @@ extract_images.py, extract_candidates.py; --head_checkpoint from train_revisitop
 from pathlib import Path
 
 import numpy as np
-from utils.amp import amp_enabled
-from utils.cli import (CliParser, add_output_args, add_sam2_args, add_visualize_arg, check_positive, finish,
-                       format_table, metric_row, pair_batch_size, resolve_device, set_seed)
-from utils.dist import barrier, init_distributed, sum_across_ranks
-from utils.errors import UserError, run_cli
+from utils.cli import (CliParser, add_output_args, add_sam2_args, add_visualize_arg, finish, format_table, metric_row,
+                       run_cli, setup)
+from utils.dist import barrier, sum_across_ranks, unfinished_share
+from utils.errors import UserError, check_positive
 from utils.ilias_store import (extracted_size, image_file, load_topk, object_id, open_extracted, split_records,
                                union_box)
 from utils.io import Parts, save_npy, save_png
@@ -144,7 +143,7 @@ def visualize(output_dir: Path, images: IliasImages, boxes: list, db_objects: li
 
 def main(args) -> dict:
     check_positive(args.chunk_size, "--chunk_size")
-    set_seed(args.seed)
+    run = setup(args)
     features_dir, output_dir, depth = Path(args.features_dir), Path(args.output_dir), args.rerank_depth
     topk = load_topk(Path(args.topk_dir), features_dir, depth)
     manifests = topk["manifests"]
@@ -157,30 +156,24 @@ def main(args) -> dict:
     candidates = np.unique(top)
     images.check(candidates, depth)
 
-    device = resolve_device(args.device)
-    amp, batch_size = amp_enabled(args.amp, device), pair_batch_size(args.pair_batch_size, device)
-    rank, world = init_distributed(device)
-    model = build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, device)
+    model = build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, run.device)
     if args.head_checkpoint:
         load_head(model, args.head_checkpoint)
-    engine = PseudoVideo(model, amp)
+    engine = PseudoVideo(model, run.amp, args.compile, run.pair_batch_size)
     parts = Parts(output_dir / "parts", {"rerank_depth": depth, "query_prompt": args.query_prompt,
                                          "sam2_cfg": args.sam2_cfg, "sam2_checkpoint": args.sam2_checkpoint,
-                                         "head_checkpoint": args.head_checkpoint, "amp": amp,
-                                         "chunk_size": args.chunk_size, "topk": topk["meta"]})
-    parts.check()
-    barrier()
-    if rank == 0:
-        parts.start()
+                                         "head_checkpoint": args.head_checkpoint, "amp": run.amp,
+                                         "compile": args.compile, "chunk_size": args.chunk_size,
+                                         "topk": topk["meta"]})
     chunks = [candidates[i:i + args.chunk_size] for i in range(0, len(candidates), args.chunk_size)]
     chunk_pair_lists = [[(q, images.candidate(top[q, col])) for q, col in zip(*chunk_pairs(top, chunk))]
                         for chunk in chunks]
-    score_in_parts(PairScheduler(engine, images.open, batch_size), parts, chunk_pair_lists,
-                   range(rank, len(chunks), world), query_references(images, boxes, args.query_prompt),
-                   desc=f"candidates (rank {rank})")
+    score_in_parts(PairScheduler(engine, images.open, run.pair_batch_size, run.num_workers), parts, chunk_pair_lists,
+                   unfinished_share(parts, len(chunks), run), query_references(images, boxes, args.query_prompt),
+                   desc=f"candidates (rank {run.rank})")
     passes = sum_across_ranks(engine.encoder_passes)
     barrier()
-    if rank != 0:
+    if not run.is_main:
         return {}
 
     reranked, reranked_scores = merge(top, rest, chunks, chunk_scores(parts, chunks, args.score))
@@ -191,8 +184,7 @@ def main(args) -> dict:
                                    recall_ks=(1, 5, 10, 100))
                for name, ranked, scores in (("first_stage", topk["indices"], topk["scores"]),
                                             ("reranked", reranked, list_scores(reranked_scores, topk["scores"])))}
-    metrics.update({"rerank_depth": depth, "score": args.score, "encoder_passes": passes,
-                    "distinct_images": len(query_keys) + len(candidates)})
+    metrics.update({"rerank_depth": depth, "score": args.score, "distinct_images": len(query_keys) + len(candidates)})
     if args.visualize:
         visualize(output_dir, images, boxes, db_objects, topk["indices"], reranked, args.visualize, depth)
     rows = [metric_row("first stage (DINOv2)", metrics["first_stage"], COLUMNS),
@@ -200,7 +192,7 @@ def main(args) -> dict:
     table = format_table(["ILIAS", "mAP@1k", "mAP@100", "R@1", "R@5", "R@10", "R@100"], rows)
     table += (f"\n{len(query_keys)} queries x {depth} candidates; image encoder passes: {passes}"
               f" (distinct images: {metrics['distinct_images']})")
-    return finish(args, metrics, table)
+    return finish(args, metrics, table, run, encoder_passes=passes)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ extract_candidates.py, sam2_reranking.py.
 from pathlib import Path
 
 import numpy as np
-from utils.cli import CliParser, finish, format_table, metric_row, progress
-from utils.errors import UserError, run_cli
+from utils.cli import CliParser, finish, format_table, metric_row, run_cli, setup
+from utils.errors import UserError
 from utils.ilias_store import object_id, read_manifest, save_topk, shard_features, split_records, topk_meta
+from utils.loops import progress
 from utils.metrics import ilias_metrics
 from utils.retrieval import sharded_topk
 
@@ -48,6 +49,7 @@ def load_manifests(features_dir: Path, skip_distractors: bool) -> dict:
 
 
 def main(args) -> dict:
+    run = setup(args, distributed=False)
     features_dir = Path(args.features_dir)
     manifests = load_manifests(features_dir, args.skip_distractors)
     meta = topk_meta(manifests, args.topk)
@@ -71,7 +73,7 @@ def main(args) -> dict:
     table = format_table(["ILIAS", "mAP@1k", "R@1", "R@5", "R@10", "R@100"],
                          [metric_row("DINOv2 (stage 1)", metrics, COLUMNS)])
     table += f"\n{meta['queries']} queries, {meta['db']} db + {meta['distractors']} distractor images, top-{args.topk}"
-    return finish(args, metrics, table)
+    return finish(args, metrics, table, run)
 
 
 if __name__ == "__main__":

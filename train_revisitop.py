@@ -20,20 +20,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from utils.amp import amp_enabled
-from utils.cli import (CliParser, add_dataset_args, add_output_args, add_sam2_args, batched, check_positive,
-                       data_path, finish, format_table, pair_batch_size, progress, resolve_device, run_record,
-                       set_seed)
-from utils.errors import UserError, run_cli
+from utils.cli import (CliParser, add_dataset_args, add_output_args, add_sam2_args, data_path, finish, format_table,
+                       run_cli, run_record, setup)
+from utils.dist import Run, map_shared, sum_across_ranks, sum_gradients
+from utils.errors import UserError, check_positive
 from utils.loaders.common import image_size, open_image
 from utils.loaders.revisitop import NAMES, load_revisitop
 from utils.loaders.uned import DOMAINS, load_uned
+from utils.loops import batched, progress
 from utils.metrics import revisitop_map, revisitop_protocol
 from utils.pair_scoring import PairScheduler, ReferenceFrame
 from utils.pseudo_video import SCORES, Prompt, PseudoVideo
 from utils.sam2_model import build_sam2_model
 from utils.score_head import head_record, head_tensors, resume, save_epoch
-from utils.training import TripletData, TripletSampler, lazy_triplet_loss, split_classes
+from utils.training import TripletData, TripletSampler, lazy_triplet_losses, split_classes
 
 PROTOCOLS = ("easy", "medium", "hard")
 
@@ -117,19 +117,38 @@ def validation_sets(data: TripletData, sampler: TripletSampler, num_anchors: int
     return triplets, tasks
 
 
+def train_step(scorer: TripletScorer, batch: list, margin: float, optimizer, head: list, run: Run) -> float:
+    """One optimizer step on a batch of triplets, data-parallel: each rank scores its share (every
+    world-th triplet), its loss is its triplets' losses summed over the batch size, and the head's
+    gradients are summed over the ranks, so every rank takes the step one process would take on
+    the whole batch. Returns the batch's loss (the mean over its triplets)."""
+    mine = batch[run.rank::run.world]
+    optimizer.zero_grad()
+    loss = 0.0
+    if mine:
+        positive, negatives = triplet_scores(scorer, mine, grad=True)
+        share = lazy_triplet_losses(positive, negatives, margin).sum() / len(batch)
+        share.backward()
+        loss = share.item()
+    sum_gradients(head)
+    optimizer.step()
+    return sum_across_ranks(loss)
+
+
 @torch.no_grad()
-def validate(scorer: TripletScorer, triplets, tasks, triplets_per_step: int) -> dict:
-    positive, negatives = [], []
-    for batch in batched(triplets, triplets_per_step):
+def validate(scorer: TripletScorer, triplets, tasks, triplets_per_step: int, run: Run) -> dict:
+    """Triplet accuracy and ranking mAP of the held-out sets; the ranks share the work."""
+    def positive_and_hardest(batch):
         p, n = triplet_scores(scorer, batch, grad=False)
-        positive.append(p)
-        negatives.append(n)
-    accuracy = (torch.cat(positive) > torch.cat(negatives).max(dim=1).values).float().mean().item()
+        return p, n.max(dim=1).values
+
+    scored = map_shared(positive_and_hardest, list(batched(triplets, triplets_per_step)), run)
+    accuracy = (torch.cat([p for p, _ in scored]) > torch.cat([n for _, n in scored])).float().mean().item()
     results = {"triplet_accuracy": 100 * accuracy}
+    ranked = map_shared(lambda task: np.argsort(-scorer([(task[0], c) for c in task[1]]).numpy(), kind="stable"),
+                        tasks, run)
     rankings, ground_truths = {}, {}
-    for anchor, candidates, gnd in tasks:
-        scores = scorer([(anchor, c) for c in candidates])
-        ranking = np.argsort(-scores.numpy(), kind="stable")
+    for ranking, (_, _, gnd) in zip(ranked, tasks):
         for protocol, truth in gnd.items():
             rankings.setdefault(protocol, []).append(ranking)
             ground_truths.setdefault(protocol, []).append(truth)
@@ -148,56 +167,54 @@ def main(args) -> dict:
     if not 0 <= args.val_fraction < 1:
         raise UserError("--val_fraction must be in [0, 1)", f"--val_fraction {args.val_fraction}",
                         "pass 0 (train on every class, no validation) or a share such as 0.2")
-    set_seed(args.seed)
+    run = setup(args)
     data = load_data(args.dataset_file, data_path(args), args.uned_domains, args.uned_split)
     train_classes, val_classes = split_classes(data, args.val_fraction, args.seed)
     train, val = TripletSampler(data, train_classes), TripletSampler(data, val_classes)
     if not train.anchors or (args.val_fraction > 0 and not val.anchors):
         raise UserError("too few classes with two or more members to train and validate", "--dataset_file",
                         "use more data, or --val_fraction 0 to train on every class")
-    print(f"{len(train_classes)} training classes ({len(train.anchors)} anchors), {len(val_classes)} held out "
-          f"({len(val.anchors)} anchors); skipped {train.dropped + val.dropped} anchors whose class has no "
-          f"other member")
+    if run.is_main:
+        print(f"{len(train_classes)} training classes ({len(train.anchors)} anchors), {len(val_classes)} held out "
+              f"({len(val.anchors)} anchors); skipped {train.dropped + val.dropped} anchors whose class has no "
+              f"other member")
 
-    device = resolve_device(args.device)
-    model = build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, device)
+    model = build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, run.device)
     head = head_tensors(model, args.score)
     for parameter in head.values():
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(list(head.values()), lr=args.lr, weight_decay=args.weight_decay)
     output_dir = Path(args.output_dir)
-    first_epoch, history = resume(output_dir, model, optimizer, args.score) if args.resume else (1, [])
-    engine = PseudoVideo(model, amp_enabled(args.amp, device))
-    scorer = TripletScorer(PairScheduler(engine, open_image, pair_batch_size(args.pair_batch_size, device)),
-                           data, args.score)
+    first_epoch, history = resume(output_dir, model, optimizer, args.score, run.is_main) if args.resume else (1, [])
+    engine = PseudoVideo(model, run.amp, args.compile, run.pair_batch_size)
+    scorer = TripletScorer(PairScheduler(engine, open_image, run.pair_batch_size, run.num_workers), data, args.score)
     val_triplets, val_tasks = validation_sets(data, val, args.val_anchors, args.num_negatives, args.val_negatives,
                                               args.seed) if val.anchors else ([], [])
-    run = run_record(args)
+    record = run_record(args, run)
 
     for epoch in range(first_epoch, args.epochs + 1):
         triplets = train.sample(np.random.default_rng([args.seed, epoch]), args.samples_per_epoch, args.num_negatives)
-        losses = []
-        for batch in progress(list(batched(triplets, args.triplets_per_step)), desc=f"epoch {epoch}", unit="step"):
-            positive, negatives = triplet_scores(scorer, batch, grad=True)
-            loss = lazy_triplet_loss(positive, negatives, args.margin)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        losses = [train_step(scorer, batch, args.margin, optimizer, list(head.values()), run)
+                  for batch in progress(list(batched(triplets, args.triplets_per_step)), desc=f"epoch {epoch}",
+                                        unit="step")]
         results = {"epoch": epoch, "loss": float(np.mean(losses))}
         if val.anchors:
-            results.update(validate(scorer, val_triplets, val_tasks, args.triplets_per_step))
+            results.update(validate(scorer, val_triplets, val_tasks, args.triplets_per_step, run))
         history.append(results)
-        save_epoch(output_dir, head_record(model, args.score, args.sam2_cfg, epoch, results, run), history, optimizer)
+        if run.is_main:
+            save_epoch(output_dir, head_record(model, args.score, args.sam2_cfg, epoch, results, record), history,
+                       optimizer)
+    if not run.is_main:
+        return {}
 
     columns = [c for c in history[0] if c != "epoch"]
     table = format_table(["epoch", *columns], [[h["epoch"], *(h[c] for c in columns)] for h in history])
     if not val.anchors:
         table += f"\nno validation (--val_fraction 0): the last head -> {output_dir / 'head_last.pt'}"
-        return finish(args, {"history": history}, table)
+        return finish(args, {"history": history}, table, run)
     best = max(history, key=lambda h: h["map"])
     table += f"\nbest epoch {best['epoch']} (held-out mAP {best['map']:.2f}) -> {output_dir / 'head_best.pt'}"
-    return finish(args, {"history": history, "best_epoch": best["epoch"], "best": best}, table)
+    return finish(args, {"history": history, "best_epoch": best["epoch"], "best": best}, table, run)
 
 
 if __name__ == "__main__":

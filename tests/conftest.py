@@ -104,16 +104,19 @@ def features(ilias, tiny_dinov2, tmp_path_factory):
     return out
 
 
+def launch(script: str, argv: list[str], processes: int = 1) -> None:
+    """Run a script as one process, or under torchrun as `processes` (gloo, CPU), each with one
+    thread (float sums in another order would differ in the last bit); the test fails if it fails."""
+    command = [sys.executable, str(REPO / script)] if processes == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+         str(REPO / script)]  # --standalone: a free port of its own
+    result = subprocess.run([*command, *argv], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def run_one_and_two_processes(script: str, make_argv, tmp_path):
-    """Run a script as one process and under a 2-process torchrun (gloo, CPU), with the same
-    thread count (float sums in another order would differ in the last bit); returns the two
-    output folders."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = {"one": [sys.executable, str(REPO / script)],
-            "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(REPO / script)]}  # --standalone: a free port of its own
-    for name, command in runs.items():
-        result = subprocess.run([*command, *make_argv(tmp_path / name)], cwd=REPO, capture_output=True,
-                                text=True, timeout=600, env=env)
-        assert result.returncode == 0, result.stderr[-2000:]
+    """Run a script as one process and under a 2-process torchrun; returns the two output folders."""
+    for name, processes in (("one", 1), ("two", 2)):
+        launch(script, make_argv(tmp_path / name), processes)
     return tmp_path / "one", tmp_path / "two"

@@ -17,12 +17,13 @@ import precompute_features_ilias
 import sam2_permir_obj_scores
 import sam2_permis
 import sam2_reranking
+import search_photos
 import topk_candidates_ilias
 import train_revisitop
 from conftest import write_permirs
 from ilias_data import source_args
 from train_data import write_revisitop, write_uned
-from utils.errors import run_cli
+from utils.cli import run_cli
 from utils.synthetic import write_custom, write_perseg, write_webdataset_tar
 
 
@@ -51,6 +52,11 @@ custom = lambda change: changed(lambda r: write_custom(r, num_objects=2, num_ima
 def segmentation(dataset, make, *extra):
     return lambda c, t: (sam2_permis, ["--dataset_file", dataset, "--data_path", str(make(t)), "--output_dir",
                                        str(t / "out"), *sam2_args(c), *map(str, extra)])
+
+
+def photos(make, *extra):
+    return lambda c, t: (search_photos, ["--data_path", str(make(t)), "--output_dir", str(t / "out"), *sam2_args(c),
+                                         *map(str, extra)])
 
 
 def retrieval(dataset, make, *extra):
@@ -139,7 +145,7 @@ def other_dim_features(c, t):
 
 
 CASES = {  # case -> (make the script and its argv from the shared context and a tmp folder, text the error names)
-    # sam2_permis.py: PerSeg, PerMIS, your own photos
+    # sam2_permis.py: PerSeg, PerMIS
     "permis: missing data folder": (segmentation("perseg", lambda t: t / "nowhere"), "nowhere"),
     "permis: no reference image": (segmentation("perseg", perseg(lambda r: (r / "Images/object_0/00.jpg").unlink())), "00"),
     "permis: mask of another size": (segmentation("perseg", perseg(lambda r: Image.new("L", (5, 5)).save(r / "Annotations/object_0/02.png"))), "02.png"),
@@ -158,13 +164,15 @@ CASES = {  # case -> (make the script and its argv from the shared context and a
     "permis: masks of another structure": (segmentation("permis", permirs(lambda v: np.save(v / "masks.npz.npy", np.arange(3)))), "masks.npz.npy"),
     "permis: masks of another size": (segmentation("permis", permirs(lambda v: np.save(v / "masks.npz.npy", np.array([{1: np.ones((4, 4), bool)}] * 3, dtype=object), allow_pickle=True))), "masks.npz.npy"),
     "permis: masks file not an .npy": (segmentation("permis", permirs(lambda v: write_bytes(v / "masks.npz.npy", b"PK\x03\x04 a zip"))), "masks.npz.npy"),
-    "custom: reference without mask or box": (segmentation("custom", custom(lambda r: (r / "references/object_0.png").unlink())), "object_0.jpg"),
-    "custom: reference with mask and box": (segmentation("custom", custom(lambda r: write_bytes(r / "references/object_0.txt", b"1 1 9 9"))), "object_0.jpg"),
-    "custom: box outside the image": (segmentation("custom", custom(lambda r: write_bytes(r / "references/object_1_2.txt", b"10 10 500 30"))), "object_1_2.txt"),
-    "custom: box that is not four numbers": (segmentation("custom", custom(lambda r: write_bytes(r / "references/object_1_2.txt", b"left top"))), "object_1_2.txt"),
-    "custom: empty images folder": (segmentation("custom", custom(lambda r: [p.unlink() for p in (r / "images").rglob("*.jpg")])), "images"),
-    "custom: a file that is not an image": (segmentation("custom", custom(lambda r: write_bytes(r / "images/indoor/000.jpg", b"not a jpeg"))), "000.jpg"),
-    "custom: no references folder": (segmentation("custom", custom(lambda r: shutil.rmtree(r / "references"))), "references"),
+    # search_photos.py: your own photos
+    "custom: reference without mask or box": (photos(custom(lambda r: (r / "references/object_0.png").unlink())), "object_0.jpg"),
+    "custom: reference with mask and box": (photos(custom(lambda r: write_bytes(r / "references/object_0.txt", b"1 1 9 9"))), "object_0.jpg"),
+    "custom: box outside the image": (photos(custom(lambda r: write_bytes(r / "references/object_1_2.txt", b"10 10 500 30"))), "object_1_2.txt"),
+    "custom: box that is not four numbers": (photos(custom(lambda r: write_bytes(r / "references/object_1_2.txt", b"left top"))), "object_1_2.txt"),
+    "custom: empty images folder": (photos(custom(lambda r: [p.unlink() for p in (r / "images").rglob("*.jpg")])), "images"),
+    "custom: a file that is not an image": (photos(custom(lambda r: write_bytes(r / "images/indoor/000.jpg", b"not a jpeg"))), "000.jpg"),
+    "photos: shortlist of 0": (photos(custom(None), "--shortlist", 0), "--shortlist"),
+    "custom: no references folder": (photos(custom(lambda r: shutil.rmtree(r / "references"))), "references"),
     # sam2_permir_obj_scores.py
     "permir: unknown score": (retrieval("permir", permirs(lambda v: None), "--score", "area"), "--score"),
     "permir: bad masks file": (retrieval("permir", permirs(lambda v: np.save(v / "masks.npz.npy", np.arange(3)))), "video_1"),
@@ -172,7 +180,6 @@ CASES = {  # case -> (make the script and its argv from the shared context and a
     "permir: cache of another data path": (lambda c, t: (sam2_permir_obj_scores, ["--data_path", str(c["ilias"][0]), "--output_dir", str(c["permir_cache_dir"]), "--stage", "retrieve", *sam2_args(c)]), "permir_data.pt"),
     "permir: no cache to retrieve from": (retrieval("permir", permirs(lambda v: None), "--stage", "retrieve"), "--stage cache"),
     "permir: rebuild_cache in stage retrieve": (retrieval("permir", permirs(lambda v: None), "--stage", "retrieve", "--rebuild_cache"), "--stage retrieve"),
-    "permir: custom shortlist of 0": (retrieval("custom", custom(None), "--shortlist", 0), "--shortlist"),
     # precompute_features_ilias.py
     "features: missing shard": (features("--split", "db", "--db_shards", "gone-000000.tar"), "gone-000000.tar"),
     "features: truncated tar shard": (features("--split", "db", "--db_shards", "db-000000.tar", "--data_path", lambda c, t: c["truncated_shards"]), "db-000000.tar"),

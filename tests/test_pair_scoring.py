@@ -62,12 +62,12 @@ def test_results_in_pair_order_equal_one_pair_at_a_time(model, images, batch_siz
     for batch, result in scheduler.batches(PAIRS, references, with_masks=True):
         for row, position in enumerate(batch):
             assert position not in got
-            got[position] = (result.mask_logits[row], result.ious[row], result.object_score_logit[row])
+            got[position] = (result.mask_logit(row), result.ious[row], result.object_score_logit[row])
     assert sorted(got) == list(range(len(PAIRS)))
     for position, want in enumerate(one_by_one(model, images, references, PAIRS)):
         logits, ious, object_logit = got[position]
         assert logits.shape == images[PAIRS[position][1]][1].shape
-        torch.testing.assert_close(logits, want.mask_logits[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(logits, want.mask_logit(0), atol=1e-4, rtol=0)
         torch.testing.assert_close(ious, want.ious[0], atol=1e-5, rtol=0)
         torch.testing.assert_close(object_logit, want.object_score_logit[0], atol=1e-4, rtol=0)
     # each distinct image once (targets and prompt images: o0_1 is both), nothing left cached

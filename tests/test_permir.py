@@ -54,7 +54,7 @@ def test_end_to_end(tiny_sam2, tiny_dinov2, permir_root, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
 
     # every distinct image through the image encoder exactly once
-    assert metrics["encoder_passes"] == 3 + 6
+    assert metrics["run"]["encoder_passes"] == 3 + 6
     assert "image encoder passes: 9 (distinct images: 9)" in printed
 
     # the query is each video's frame with the largest mask on PDM's crop, its mask the prompt

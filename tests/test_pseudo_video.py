@@ -108,10 +108,10 @@ def test_matches_official_video_predictor(models, frames_dir, case, tmp_path):
     want_logits, want_ious, want_object = run_official(official, folder, order, prompts, kind, tmp_path)
     got = run_engine(ours, folder, order, prompts, kind)
 
-    assert got.mask_logits[0].shape == (HEIGHT, WIDTH)
+    assert got.mask_logit(0).shape == (HEIGHT, WIDTH)
     assert (want_logits > 0).any() and not (want_logits > 0).all()  # a real mask, not a blank
-    torch.testing.assert_close(got.mask_logits[0], want_logits, atol=1e-5, rtol=0)
-    assert torch.equal(got.mask_logits[0] > 0, want_logits > 0)
+    torch.testing.assert_close(got.mask_logit(0), want_logits, atol=1e-5, rtol=0)
+    assert torch.equal(got.mask_logit(0) > 0, want_logits > 0)
     torch.testing.assert_close(got.ious, want_ious, atol=1e-6, rtol=0)
     assert got.ious.shape == (1, 3)  # sam2.1 predicts 3 masks on tracking frames
     torch.testing.assert_close(got.iou, want_ious.max(dim=1).values, atol=1e-6, rtol=0)
@@ -138,8 +138,8 @@ def test_mask_prompt_on_frames_of_different_sizes(models, mixed_sizes_dir, tmp_p
     folder, masks = mixed_sizes_dir
     want_logits, want_ious, want_object = run_official(official, folder, [0, 1], [masks[0]], "mask", tmp_path)
     got = run_engine(ours, folder, [0, 1], [masks[0]], "mask")
-    assert got.mask_logits[0].shape == want_logits.shape == (140, 100)
-    torch.testing.assert_close(got.mask_logits[0], want_logits, atol=1e-5, rtol=0)
+    assert got.mask_logit(0).shape == want_logits.shape == (140, 100)
+    torch.testing.assert_close(got.mask_logit(0), want_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.ious, want_ious, atol=1e-6, rtol=0)
     torch.testing.assert_close(got.object_score_logit, want_object, atol=1e-5, rtol=0)
 
@@ -154,10 +154,10 @@ def test_box_prompt_is_scaled_by_the_reference_size(models, mixed_sizes_dir, tmp
     as_target = box / np.array([WIDTH, HEIGHT] * 2) * np.array([100, 140] * 2)
     want_logits, want_ious, _ = run_official(official, folder, [0, 1], [as_target], "box", tmp_path)
     got = run_engine(ours, folder, [0, 1], [box.tolist()], "box")
-    torch.testing.assert_close(got.mask_logits[0], want_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.mask_logit(0), want_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.ious, want_ious, atol=1e-6, rtol=0)
     unscaled, _, _ = run_official(official, folder, [0, 1], [box], "box", tmp_path)
-    assert (got.mask_logits[0] - unscaled).abs().max() > 1e-3
+    assert (got.mask_logit(0) - unscaled).abs().max() > 1e-3
 
 
 def test_absent_object_matches_official(frames_dir, tmp_path):
@@ -167,8 +167,8 @@ def test_absent_object_matches_official(frames_dir, tmp_path):
     want_logits, want_ious, want_object = run_official(official, folder, [0, 1], [masks[0]], "mask", tmp_path)
     got = run_engine(ours, folder, [0, 1], [masks[0]], "mask")
     assert want_object.item() < 0 and got.object_score_logit.item() < 0
-    assert not (want_logits > 0).any() and not (got.mask_logits[0] > 0).any()
-    torch.testing.assert_close(got.mask_logits[0], want_logits, atol=1e-5, rtol=0)
+    assert not (want_logits > 0).any() and not (got.mask_logit(0) > 0).any()
+    torch.testing.assert_close(got.mask_logit(0), want_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.ious, want_ious, atol=1e-6, rtol=0)
     torch.testing.assert_close(got.object_score_logit, want_object, atol=1e-5, rtol=0)
 
@@ -182,7 +182,7 @@ def test_sam2_0_config_matches_official(frames_dir, kind, tmp_path):
     want_logits, want_ious, want_object = run_official(official, folder, order, prompts, kind, tmp_path)
     got = run_engine(ours, folder, order, prompts, kind)
     assert (want_logits > 0).any()
-    torch.testing.assert_close(got.mask_logits[0], want_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.mask_logit(0), want_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.ious, want_ious, atol=1e-6, rtol=0)
     torch.testing.assert_close(got.object_score_logit, want_object, atol=1e-5, rtol=0)
 
@@ -202,7 +202,7 @@ def test_equivalence_check_detects_drift(models, frames_dir, tmp_path, monkeypat
     with monkeypatch.context() as patch:
         patch.setattr(pv, "prepare_frame", bilinear_frame)
         drifted = run_engine(ours, folder, [0, 1], [masks[0]], "mask")
-    assert (drifted.mask_logits[0] - want_logits).abs().max() > 1e-3
+    assert (drifted.mask_logit(0) - want_logits).abs().max() > 1e-3
 
     engine = PseudoVideo(ours)
     frames = [engine.prepare(Image.open(folder / f"{i}.jpg")) for i in (0, 1)]
@@ -210,7 +210,7 @@ def test_equivalence_check_detects_drift(models, frames_dir, tmp_path, monkeypat
     for out in reference.cond_outputs.values():
         out["maskmem_features"] = torch.zeros_like(out["maskmem_features"])  # memory term gone
     no_memory = engine.score_targets(reference, frames[1:])
-    assert (no_memory.mask_logits[0] - want_logits).abs().max() > 1e-3
+    assert (no_memory.mask_logit(0) - want_logits).abs().max() > 1e-3
 
 
 def test_batched_targets_equal_one_at_a_time(models, frames_dir):
@@ -224,9 +224,9 @@ def test_batched_targets_equal_one_at_a_time(models, frames_dir):
     batch = engine.score_targets(reference, frames[1:])
     for b, frame in enumerate(frames[1:]):
         single = engine.score_targets(reference, [frame])
-        assert batch.mask_logits[b].shape == (frame.height, frame.width)
-        torch.testing.assert_close(batch.mask_logits[b], single.mask_logits[0], atol=1e-5, rtol=0)
-        assert torch.equal(batch.mask_logits[b] > 0, single.mask_logits[0] > 0)
+        assert batch.mask_logit(b).shape == (frame.height, frame.width)
+        torch.testing.assert_close(batch.mask_logit(b), single.mask_logit(0), atol=1e-5, rtol=0)
+        assert torch.equal(batch.mask_logit(b) > 0, single.mask_logit(0) > 0)
         torch.testing.assert_close(batch.ious[b], single.ious[0], atol=1e-6, rtol=0)
         torch.testing.assert_close(batch.object_score_logit[b], single.object_score_logit[0],
                                    atol=1e-5, rtol=0)
@@ -272,7 +272,7 @@ def test_pairs_with_different_references_equal_one_reference_at_a_time(models, f
     pairs = engine.score_pairs([mask_ref, box_ref, mask_ref], [frames[2], frames[2], frames[3]])
     for b, (reference, frame) in enumerate([(mask_ref, frames[2]), (box_ref, frames[2]), (mask_ref, frames[3])]):
         alone = engine.score_targets(reference, [frame])
-        torch.testing.assert_close(pairs.mask_logits[b], alone.mask_logits[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(pairs.mask_logit(b), alone.mask_logit(0), atol=1e-5, rtol=0)
         torch.testing.assert_close(pairs.ious[b], alone.ious[0], atol=1e-6, rtol=0)
         torch.testing.assert_close(pairs.object_score_logit[b], alone.object_score_logit[0], atol=1e-5, rtol=0)
     assert engine.encoder_passes == 4

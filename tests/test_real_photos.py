@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 import sam2_permis
-from utils.errors import run_cli
+import search_photos
+from utils.cli import run_cli
 from utils.loaders.common import read_mask
 from utils.synthetic import write_custom, write_perseg
 
@@ -95,19 +96,21 @@ def test_real_photos(case, tiny_sam2, tmp_path, monkeypatch, capsys):
     originals = {p: read_mask(p) for p in root.rglob("Annotations/*/*.png")}
     change(root)
     cfg, ckpt = tiny_sam2
-    monkeypatch.setattr(sys, "argv", ["sam2_permis.py", "--dataset_file", layout, "--data_path", str(root),
+    script, dataset = (sam2_permis, ["--dataset_file", layout]) if layout == "perseg" else (search_photos, [])
+    monkeypatch.setattr(sys, "argv", [f"{script.__name__}.py", *dataset, "--data_path", str(root),
                                       "--output_dir", str(tmp_path / "out"), "--sam2_cfg", str(cfg),
-                                      "--sam2_checkpoint", str(ckpt), "--device", "cpu", "--save_masks"])
+                                      "--sam2_checkpoint", str(ckpt), "--device", "cpu",
+                                      *(["--save_masks"] if layout == "perseg" else [])])
     capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # no warning reaches the user
         if outcome != "runs":
             with pytest.raises(SystemExit) as stopped:
-                run_cli(sam2_permis.main, sam2_permis.get_args_parser())
+                run_cli(script.main, script.get_args_parser())
             err = capsys.readouterr().err.strip().splitlines()
             assert stopped.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and outcome in err[0]
             return
-        metrics = run_cli(sam2_permis.main, sam2_permis.get_args_parser())
+        metrics = run_cli(script.main, script.get_args_parser())
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("warning", "error"))]
     if layout == "custom":
         assert metrics["photos"] == 3 and err == []

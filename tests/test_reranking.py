@@ -84,7 +84,7 @@ def test_end_to_end(reranked, features, stage1):
     assert metrics["reranked"]["map@100"] == pytest.approx(
         ilias_map_by_definition(final, final_scores, query_keys, db_keys, k=100), abs=1e-9)
     # every distinct image through the image encoder once: queries + distinct candidates
-    assert metrics["encoder_passes"] == metrics["distinct_images"] == 6 + len(np.unique(first[:, :K]))
+    assert metrics["run"]["encoder_passes"] == metrics["distinct_images"] == 6 + len(np.unique(first[:, :K]))
     assert len(list((out / "vis").glob("query_*.png"))) == 2
 
 
@@ -98,7 +98,7 @@ def test_resume_from_saved_parts(reranked, tiny_sam2, features, stage1, tmp_path
     again = rerank(tiny_sam2, features, stage1, resumed)
     for name in ("reranked_indices.npy", "reranked_scores.npy"):
         assert (resumed / name).read_bytes() == (out / name).read_bytes()
-    assert again["encoder_passes"] < metrics["encoder_passes"]
+    assert again["run"]["encoder_passes"] < metrics["run"]["encoder_passes"]
     with pytest.raises(UserError, match="other settings"):
         rerank(tiny_sam2, features, stage1, resumed, "--query_prompt", "box_mask")
 

@@ -16,7 +16,7 @@ from utils.loaders.common import open_image
 from utils.pseudo_video import Prompt, PseudoVideo
 from utils.sam2_model import build_sam2_model
 from utils.score_head import load_head
-from utils.training import TripletSampler, lazy_triplet_loss, split_classes
+from utils.training import TripletSampler, lazy_triplet_losses, split_classes
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_lazy_triplet_loss_by_hand():
     negatives = torch.tensor([[0.1, 0.6], [0.5, 0.1]])
     # anchor 0: max(0, 0.5 - 0.9 + 0.1), max(0, 0.5 - 0.9 + 0.6) -> max(0, 0.2) = 0.2
     # anchor 1: max(0, 0.5 - 0.2 + 0.5) = 0.8, max(0, 0.5 - 0.2 + 0.1) = 0.4 -> 0.8
-    assert lazy_triplet_loss(positive, negatives, 0.5).item() == pytest.approx((0.2 + 0.8) / 2)
+    torch.testing.assert_close(lazy_triplet_losses(positive, negatives, 0.5), torch.tensor([0.2, 0.8]))
 
 
 def test_short_run_trains_only_the_head(tiny_sam2, revisitop_root, tmp_path, capsys):

@@ -1,11 +1,15 @@
-"""The flag vocabulary of every script, defined once; seeding, devices, and how a run ends (its
-metric table, and metrics.json with the run's settings).
+"""The CLI layer: the flag vocabulary of every script, defined once; how a script starts (its run
+setup from the flags) and how it ends (its metric table, metrics.json with the run's record, one
+line for a user error or Ctrl-C). Library modules never import this module.
 
 One name per meaning across scripts:
   --dataset_file, --data_path      which dataset, where (defaults in DATA_PATHS)
   --output_dir, --seed             where results go; the seed of every random draw
-  --sam2_cfg, --sam2_checkpoint    the SAM2 model; --device; --amp (bf16 autocast, see utils/amp.py)
+  --sam2_cfg, --sam2_checkpoint    the SAM2 model; --compile (torch.compile of its modules)
+  --device, --amp, --dist_timeout  this process's device; bf16 autocast (utils/amp.py); how long
+                                   a process waits for the others under torchrun (utils/dist.py)
   --pair_batch_size                (reference, target) pairs per SAM2 forward
+  --num_workers                    processes that decode images ahead of the model
   --dinov2, --dinov2_resolution, --dinov2_preprocess, --dinov2_batch_size (images per DINOv2 forward)
   --topk                           first-stage candidates kept per query (the top-K width)
   --rerank_depth                   first-stage candidates re-ranked by SAM2 per query (k <= K)
@@ -14,18 +18,16 @@ One name per meaning across scripts:
 """
 import argparse
 import importlib.metadata
+import os
 import platform
-import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
+from utils.dist import DEFAULT_TIMEOUT_S, Run, setup_run
 from utils.errors import UserError
-from utils.io import save_json
+from utils.io import OutputLock, save_json
 
 REPO = Path(__file__).resolve().parents[1]
 # dataset name -> default --data_path (PerMIS and PerMIR share the PerMIRS folder)
@@ -40,8 +42,6 @@ DATA_PATHS = {
     "revisitop": "datasets/revisitop",
     "uned": "datasets/uned",
 }
-SAM2_DEFAULT_CFG = "configs/sam2.1/sam2.1_hiera_l.yaml"
-SAM2_DEFAULT_CHECKPOINT = "checkpoints/sam2.1_hiera_large.pt"
 ILIAS_REPO = "vrg-prague/ilias"
 ILIAS_SPLITS = ("queries", "db", "distractors")
 ILIAS_SHARDS = {
@@ -75,20 +75,32 @@ def add_output_args(parser, output_dir: str) -> None:
 
 
 def add_sam2_args(parser, pairs_help: str = "(reference, target) pairs per SAM2 forward") -> None:
-    parser.add_argument("--sam2_cfg", default=SAM2_DEFAULT_CFG,
+    from utils.sam2_model import CHECKPOINT_DIR, SAM2_1_MODELS
+
+    config, checkpoint = SAM2_1_MODELS["large"]
+    parser.add_argument("--sam2_cfg", default=config,
                         help="sam2 config name (e.g. configs/sam2.1/sam2.1_hiera_t.yaml) "
                              "or path to a yaml file of the same structure")
-    parser.add_argument("--sam2_checkpoint", default=SAM2_DEFAULT_CHECKPOINT,
+    parser.add_argument("--sam2_checkpoint", default=f"{CHECKPOINT_DIR}/{checkpoint}",
                         help="official checkpoint file ({'model': state_dict})")
     add_device_args(parser)
     parser.add_argument("--pair_batch_size", type=int, default=None,
                         help=f"{pairs_help} (default: 8 on a GPU, 1 on the CPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile SAM2's image encoder, memory attention and mask decoder "
+                             "(pays on a GPU for long runs; README: Performance)")
 
 
-def add_device_args(parser) -> None:
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+def add_device_args(parser, workers_help: str = "processes that decode images ahead of the model") -> None:
+    parser.add_argument("--device", default=None,
+                        help="cuda (under torchrun: the GPU of this process's LOCAL_RANK) or cpu "
+                             "(default: cuda if available)")
     parser.add_argument("--amp", action="store_true",
                         help="bf16 autocast on CUDA and on CPUs with native bf16 (scores stay fp32)")
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help=f"{workers_help} (default: 4 beside a GPU, 0 on the CPU)")
+    parser.add_argument("--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help="under torchrun: seconds a process waits for the others to join")
 
 
 def add_dinov2_args(parser, model: str | None, resolution: int, preprocess: str, help_model: str) -> None:
@@ -123,45 +135,13 @@ def data_path(args) -> Path:
     return Path(args.data_path or DATA_PATHS[args.dataset_file])
 
 
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("CUDA is not available", "--device", "use --device cpu or run on a GPU machine")
-    return torch.device(name)
-
-
-def pair_batch_size(requested: int | None, device) -> int:
-    """Pairs per SAM2 forward pass: as asked, else 8 on a GPU and 1 on the CPU, where batching
-    adds no throughput (each op already uses every core) and each new batch shape costs a
-    warm-up (measured by bench.py)."""
-    if requested is not None:
-        check_positive(requested, "--pair_batch_size")
-        return requested
-    return 8 if str(device).startswith("cuda") else 1
-
-
-def check_positive(value: int, flag: str) -> None:
-    if value < 1:
-        raise UserError(f"{flag} must be at least 1", f"{flag} {value}", f"pass {flag} 1 or more")
-
-
-def progress(iterable=None, **kwargs) -> tqdm:
-    """A tqdm bar, drawn on a terminal only: logs and error output stay clean."""
-    kwargs.setdefault("disable", None)
-    return tqdm(iterable, **kwargs)
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def batched(items: list, size: int):
-    """Consecutive chunks of `size` items (the last may be shorter)."""
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def setup(args, distributed: bool = True) -> Run:
+    """The run setup (utils/dist.py) from a script's flags (a script without --device runs on the
+    CPU); `distributed=False` for a step that runs as one process."""
+    return setup_run(device=getattr(args, "device", "cpu"), amp=getattr(args, "amp", False),
+                     pair_batch_size=getattr(args, "pair_batch_size", None),
+                     num_workers=getattr(args, "num_workers", None), seed=getattr(args, "seed", 0),
+                     timeout_s=getattr(args, "dist_timeout", DEFAULT_TIMEOUT_S), distributed=distributed)
 
 
 def format_table(headers: list[str], rows: list[list]) -> str:
@@ -178,8 +158,9 @@ def metric_row(name: str, metrics: dict, columns: list[str]) -> list:
     return [name, *(metrics[column] for column in columns)]
 
 
-def run_record(args) -> dict:
-    """What made a result: every setting, the package versions, the code's git commit."""
+def run_record(args, run: Run | None = None) -> dict:
+    """What made a result: every setting, the processes and device, the package versions, the
+    code's git commit."""
     versions = {"python": platform.python_version()}
     for package in VERSIONED:
         try:
@@ -187,7 +168,8 @@ def run_record(args) -> dict:
         except importlib.metadata.PackageNotFoundError:
             pass
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    return {"settings": settings, "command": " ".join(sys.argv), "versions": versions, **_git_state()}
+    placement = {"processes": run.world, "device": str(run.device)} if run is not None else {}
+    return {"settings": settings, "command": " ".join(sys.argv), "versions": versions, **placement, **_git_state()}
 
 
 def _git_state() -> dict:
@@ -202,11 +184,39 @@ def _git_state() -> dict:
     return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
 
 
-def finish(args, metrics: dict, table: str) -> dict:
+def finish(args, metrics: dict, table: str, run: Run | None = None, **work) -> dict:
     """Print the run's metric table and write the same numbers, with the run's record, to
-    <output_dir>/metrics.json. Returns what was written."""
+    <output_dir>/metrics.json. `work`: how the run went (e.g. encoder_passes, which depend on the
+    number of processes and on what a resumed run found done), kept in the record, apart from the
+    results. Returns what was written."""
     print(table)
-    written = {**metrics, "run": run_record(args)}
+    written = {**metrics, "run": {**run_record(args, run), **work}}
     path = save_json(Path(args.output_dir) / "metrics.json", written)
     print(f"metrics written to {path}")
     return written
+
+
+def _interrupted(signum, frame):
+    """Ctrl-C: stop at once. Every file is written to a temporary name and renamed, so nothing is
+    half-written whenever this happens, and every long stage resumes. Exiting here, rather than
+    raising KeyboardInterrupt wherever the main thread is, cannot leave a lock (a DataLoader's
+    queues, say) taken and the process hung on its way out."""
+    print("interrupted; rerun the same command to resume", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+def run_cli(main, parser):
+    """Parse the command line and run `main(args)` while holding the lock of its --output_dir
+    (rank 0 holds it for a torchrun group); a `UserError` or Ctrl-C ends it with one line."""
+    args = parser.parse_args()
+    previous = signal.signal(signal.SIGINT, _interrupted)
+    try:
+        if os.environ.get("RANK", "0") == "0":
+            with OutputLock(args.output_dir):
+                return main(args)
+        return main(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,8 +1,5 @@
-"""One error path for every script: a user error ends with one line on stderr and exit 2, an
-interrupt (Ctrl-C) with one line and exit 130. A genuine bug still shows its traceback: only
-`UserError` is caught."""
-import os
-import signal
+"""User errors: a problem the user can fix ends the script with one line on stderr and exit 2
+(utils/cli.py `run_cli`); a genuine bug still shows its traceback: only `UserError` is caught."""
 import sys
 
 
@@ -19,29 +16,6 @@ def warn(what: str, where: str, fix: str) -> None:
     print(f"warning: {what} ({where}): {fix}", file=sys.stderr)
 
 
-def _interrupted(signum, frame):
-    """Ctrl-C: stop at once. Every file is written to a temporary name and renamed, so nothing is
-    half-written whenever this happens, and every long stage resumes. Exiting here, rather than
-    raising KeyboardInterrupt wherever the main thread is, cannot leave a lock (a DataLoader's
-    queues, say) taken and the process hung on its way out."""
-    print("interrupted; rerun the same command to resume", file=sys.stderr, flush=True)
-    os._exit(130)
-
-
-def run_cli(main, parser):
-    """Parse the command line and run `main(args)` while holding the lock of its --output_dir
-    (rank 0 holds it for a torchrun group); a `UserError` or Ctrl-C ends it with one line."""
-    from utils.io import OutputLock
-
-    args = parser.parse_args()
-    previous = signal.signal(signal.SIGINT, _interrupted)
-    try:
-        if os.environ.get("RANK", "0") == "0":
-            with OutputLock(args.output_dir):
-                return main(args)
-        return main(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def check_positive(value: int, flag: str) -> None:
+    if value < 1:
+        raise UserError(f"{flag} must be at least 1", f"{flag} {value}", f"pass {flag} 1 or more")

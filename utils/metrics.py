@@ -1,4 +1,6 @@
 """Every metric of the project, with its official definition in the docstring."""
+from dataclasses import astuple, dataclass, fields
+
 import numpy as np
 from PIL import Image
 from scipy import ndimage
@@ -41,6 +43,43 @@ def boundary_intersection_union(pred: np.ndarray, gt: np.ndarray,
                                 dilation_ratio: float = 0.02) -> tuple[int, int]:
     """Boundary IoU's counts: intersection and union of the two boundary bands."""
     return intersection_union(mask_boundary(pred, dilation_ratio), mask_boundary(gt, dilation_ratio))
+
+
+@dataclass(frozen=True)
+class MaskCounts:
+    """Pixel counts of predicted masks against their ground truth, summed over targets: every
+    segmentation number is a ratio of two of them. `intersection`, `union` and the boundary
+    bands' (Boundary IoU) where the protocol measures; `frame_*` on whole frames, where the
+    protocol measures on a crop of them (PerMIS with full frames as inputs; else 0)."""
+    intersection: int = 0
+    union: int = 0
+    boundary_intersection: int = 0
+    boundary_union: int = 0
+    frame_intersection: int = 0
+    frame_union: int = 0
+    targets: int = 0
+
+    def __add__(self, other: "MaskCounts") -> "MaskCounts":
+        return MaskCounts(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
+    def to_array(self) -> np.ndarray:
+        return np.array(astuple(self), np.int64)
+
+    @classmethod
+    def from_array(cls, values) -> "MaskCounts":
+        if len(values) != len(fields(cls)):
+            raise ValueError(f"{len(values)} counts, expected {len(fields(cls))}")
+        return cls(*(int(v) for v in values))
+
+
+def mask_counts(pred: np.ndarray, gt: np.ndarray, crop_box=None) -> MaskCounts:
+    """The counts of one target. With `crop_box` (PerMIS on full frames), the protocol's counts
+    are taken on PDM's crop of prediction and ground truth (`pdm_crop`, the same box for both),
+    and the `frame_*` counts on the whole frames."""
+    frame = intersection_union(pred, gt) if crop_box is not None else (0, 0)
+    if crop_box is not None:
+        pred, gt = pdm_crop(pred, crop_box), pdm_crop(gt, crop_box)
+    return MaskCounts(*intersection_union(pred, gt), *boundary_intersection_union(pred, gt), *frame, targets=1)
 
 
 def perseg_miou(per_object: dict[str, tuple[int, int]]) -> float:

@@ -7,7 +7,9 @@ own photos) hands its pairs here and gets the results back in the pairs' order:
 - each reference memory is built once, when a pair first needs it, and dropped after its last
   pair; pairs of different references share a batch (if they have as many frames);
 - a target's encoder output is dropped after its last pair (unless a reference still to be built
-  uses the same image), so memory holds one batch of targets plus the live references.
+  uses the same image), so memory holds one batch of targets plus the live references;
+- the whole run is planned first (`plan`), so the images are decoded in worker processes ahead of
+  the model, in the order it takes them (utils/feed.py).
 """
 from collections import Counter
 from dataclasses import dataclass
@@ -17,8 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.cli import batched, progress
+from utils.feed import FrameFeed
 from utils.io import Parts
+from utils.loops import batched, progress
 from utils.pseudo_video import Prompt, PseudoVideo, Reference, TargetScores, presence_score
 
 
@@ -29,12 +32,55 @@ class ReferenceFrame:
     prompt: Prompt
 
 
+@dataclass
+class Step:
+    """One encoder forward of targets, then the pair batches scored on them; before a batch, the
+    references it is the first to need are built."""
+    targets: list[str]
+    batches: list[tuple[list[int], list[Hashable]]]  # (pair positions, references built first)
+
+
+def plan(pairs: Sequence[tuple[Hashable, str]], references: Mapping[Hashable, Sequence[ReferenceFrame]],
+         pair_batch_size: int, groups: Sequence[Hashable] | None = None) -> list[Step]:
+    """The steps of a run (see `PairScheduler.batches`)."""
+    by_target: dict[str, list[int]] = {}
+    for position, (_, target) in enumerate(pairs):
+        by_target.setdefault(target, []).append(position)
+    group_of = (lambda t: groups[by_target[t][0]]) if groups else (lambda t: None)
+    steps, built = [], set()
+    for run in _runs(list(by_target), group_of):
+        for targets in batched(run, pair_batch_size):
+            by_shots: dict[int, list[int]] = {}  # a batch's references have one number of frames
+            for p in (p for t in targets for p in by_target[t]):
+                by_shots.setdefault(len(references[pairs[p][0]]), []).append(p)
+            step = Step(targets, [])
+            for batch in (b for group in by_shots.values() for b in batched(group, pair_batch_size)):
+                new = [key for key in dict.fromkeys(pairs[p][0] for p in batch) if key not in built]
+                built.update(new)
+                step.batches.append((batch, new))
+            steps.append(step)
+    return steps
+
+
+def decode_order(steps: list[Step], references: Mapping[Hashable, Sequence[ReferenceFrame]]) -> list[str]:
+    """The images a run decodes, in order: each step's targets, then the prompt images of the
+    references it builds that are not among them."""
+    order = []
+    for step in steps:
+        order += step.targets
+        for _, new in step.batches:
+            order += [f.image for key in new for f in references[key] if f.image not in step.targets]
+    return order
+
+
 class PairScheduler:
     """Runs pairs on a `PseudoVideo`. `open_image(image_id)` decodes an image; image ids name
-    images (the same id is the same image: encoded once)."""
+    images (the same id is the same image: encoded once). `num_workers` processes decode ahead."""
 
-    def __init__(self, engine: PseudoVideo, open_image: Callable[[str], Image.Image], pair_batch_size: int):
-        self.engine, self.open_image, self.pair_batch_size = engine, open_image, pair_batch_size
+    def __init__(self, engine: PseudoVideo, open_image: Callable[[str], Image.Image], pair_batch_size: int,
+                 num_workers: int = 0):
+        self.engine, self.pair_batch_size = engine, pair_batch_size
+        self.feed = FrameFeed(open_image, engine.image_size, num_workers, engine.device)
 
     def batches(self, pairs: Sequence[tuple[Hashable, str]], references: Mapping[Hashable, Sequence[ReferenceFrame]],
                 with_masks: bool = False, grad: bool = False, desc: str | None = None,
@@ -46,50 +92,41 @@ class PairScheduler:
         belongs to): targets of different groups never share a batch, so a group's numbers do not
         depend on what else is run with it (a resumed run equals an uninterrupted one)."""
         engine = self.engine
-        by_target: dict[str, list[int]] = {}
-        for position, (_, target) in enumerate(pairs):
-            by_target.setdefault(target, []).append(position)
-        target_batches = [batch for run in _runs(list(by_target), lambda t: groups[by_target[t][0]] if groups else None)
-                          for batch in batched(run, self.pair_batch_size)]
+        steps = plan(pairs, references, self.pair_batch_size, groups)
+        frames = self.feed.frames(decode_order(steps, references))
         uses_left = Counter(reference for reference, _ in pairs)
         # images needed later: as a prompt of a reference not built yet, or as a target
         prompts_left = Counter(frame.image for key in uses_left for frame in references[key])
-        targets_left = set(by_target)
+        targets_left = {target for step in steps for target in step.targets}
         memories: dict[Hashable, Reference] = {}
 
         def build(key, current: dict) -> Reference:
-            frames = references[key]
-            prepared = [current[f.image] if f.image in current else
-                        engine.prepare(self.open_image(f.image), image_id=f.image) for f in frames]
-            reference = engine.encode_reference(prepared, [f.prompt for f in frames])
-            for frame in frames:
+            frames_of_key = references[key]
+            prepared = [current[f.image] if f.image in current else next(frames) for f in frames_of_key]
+            reference = engine.encode_reference(prepared, [f.prompt for f in frames_of_key])
+            for frame in frames_of_key:
                 prompts_left[frame.image] -= 1
                 if not prompts_left[frame.image] and frame.image not in targets_left:
                     engine.forget([frame.image])
             return reference
 
-        with progress(total=len(by_target), desc=desc, unit="img", disable=None if desc else True) as bar:
-            for targets in target_batches:
-                current = {t: engine.prepare(self.open_image(t), image_id=t) for t in targets}
+        with progress(total=len(targets_left), desc=desc, unit="img", disable=None if desc else True) as bar:
+            for step in steps:
+                current = {target: next(frames) for target in step.targets}
                 engine.encode(list(current.values()))
-                positions = [p for t in targets for p in by_target[t]]
-                by_shots: dict[int, list[int]] = {}  # a batch's references have one number of frames
-                for p in positions:
-                    by_shots.setdefault(len(references[pairs[p][0]]), []).append(p)
-                for batch in (b for group in by_shots.values() for b in batched(group, self.pair_batch_size)):
+                for batch, new in step.batches:
+                    for key in new:
+                        memories[key] = build(key, current)
                     keys = [pairs[p][0] for p in batch]
-                    for key in dict.fromkeys(keys):
-                        if key not in memories:
-                            memories[key] = build(key, current)
                     yield batch, engine.score_pairs([memories[k] for k in keys], [current[pairs[p][1]] for p in batch],
                                                     with_masks=with_masks, grad=grad)
                     for key in keys:
                         uses_left[key] -= 1
                         if not uses_left[key]:
                             del memories[key]
-                targets_left.difference_update(targets)
-                engine.forget([t for t in targets if not prompts_left[t]])
-                bar.update(len(targets))
+                targets_left.difference_update(step.targets)
+                engine.forget([t for t in step.targets if not prompts_left[t]])
+                bar.update(len(step.targets))
 
     def scores(self, pairs, references, kind: str, grad: bool = False, desc: str | None = None) -> torch.Tensor:
         """The `kind` score (see `TargetScores.score`) of every pair, in the pairs' order."""
@@ -115,30 +152,41 @@ def _runs(items: list, key) -> list[list]:
 
 def score_in_parts(scheduler: PairScheduler, parts: Parts, chunks: Sequence[Sequence[tuple[Hashable, str]]],
                    chunk_ids: Sequence[int], references, with_masks: bool = False,
-                   on_result: Callable[[tuple, TargetScores, int], None] | None = None, desc: str | None = None) -> None:
+                   on_result: Callable[[tuple, TargetScores, int], np.ndarray | None] | None = None,
+                   desc: str | None = None) -> None:
     """Score the pairs of chunks `chunk_ids` not finished yet, in one scheduler run (so an image
     shared by chunks is encoded once), and save each chunk when its last pair is scored: the
     chunk's `iou` and `object_score_logit` in its pairs' order (`presence_score` turns them into
-    any score). `on_result(pair, result, i)` sees each pair's result (row i), e.g. to write its mask."""
+    any score). `on_result(pair, result, i)` sees each pair's result (row i), e.g. to write its
+    mask; what it returns (a 1-D array, e.g. the pair's pixel counts) is saved too, as the rows
+    of the chunk's `records`."""
     todo = [c for c in chunk_ids if not parts.done(c)]
     pairs = [pair for c in todo for pair in chunks[c]]
     owner = [(c, j) for c in todo for j in range(len(chunks[c]))]
     filled = {c: {"iou": np.zeros(len(chunks[c]), np.float32),
-                  "object_score_logit": np.zeros(len(chunks[c]), np.float32)} for c in todo}
+                  "object_score_logit": np.zeros(len(chunks[c]), np.float32), "records": []} for c in todo}
     left = {c: len(chunks[c]) for c in todo}
+
+    def save(c):
+        saved = filled.pop(c)
+        records = saved.pop("records")
+        parts.save(c, **saved, **({"records": np.stack([r for _, r in sorted(records, key=lambda r: r[0])])}
+                                  if records else {}))
+
     for c in [c for c in todo if not left[c]]:  # an empty chunk is finished at once
-        parts.save(c, **filled.pop(c))
+        save(c)
     for batch, result in scheduler.batches(pairs, references, with_masks=with_masks, desc=desc,
                                            groups=[c for c, _ in owner]):
         for i, position in enumerate(batch):
             c, j = owner[position]
             filled[c]["iou"][j] = result.iou[i].item()
             filled[c]["object_score_logit"][j] = result.object_score_logit[i].item()
-            if on_result is not None:
-                on_result(pairs[position], result, i)
+            record = on_result(pairs[position], result, i) if on_result is not None else None
+            if record is not None:
+                filled[c]["records"].append((j, record))
             left[c] -= 1
             if not left[c]:
-                parts.save(c, **filled.pop(c))
+                save(c)
 
 
 def chunk_scores(parts: Parts, chunks: Sequence, kind: str) -> list[np.ndarray]:

@@ -17,6 +17,8 @@ is its last frame's (`load_video_frames`), so on a pseudo-video whose frames dif
 would misplace the reference's box; both agree when the frames have one size.
 The model is driven through `SAM2Base`'s own methods; nothing of sam2 is re-implemented.
 """
+import functools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,14 +92,26 @@ class Reference:
 @dataclass
 class TargetScores:
     """What SAM2 predicts on a batch of targets (B targets, M candidate masks)."""
-    mask_logits: list[torch.Tensor] | None  # per target, [H, W] float32 on CPU, at its own size
     ious: torch.Tensor  # [B, M] predicted IoU of each candidate mask
     iou: torch.Tensor  # [B] predicted IoU of the chosen mask (sam2 keeps the best one)
     object_score_logit: torch.Tensor  # [B] < 0 means "object absent" (sam2 then blanks the mask)
+    low_res_masks: torch.Tensor | None = None  # [B, 1, h, w] mask logits of the model, holes filled
+    sizes: list[tuple[int, int]] | None = None  # (height, width) of each target
 
     def score(self, kind: str) -> torch.Tensor:
         """The presence score of each target (see `presence_score`)."""
         return presence_score(self.iou, self.object_score_logit, kind)
+
+    def mask_logit(self, row: int) -> torch.Tensor:
+        """Target `row`'s mask logits at its own size, [H, W] float32 on the CPU (> 0: in the
+        mask), upsampled as the official predictor does it for the video's frames."""
+        with torch.no_grad():
+            return F.interpolate(self.low_res_masks[row:row + 1], size=self.sizes[row], mode="bilinear",
+                                 align_corners=False)[0, 0].cpu()
+
+    @property
+    def mask_logits(self) -> list[torch.Tensor]:
+        return [self.mask_logit(row) for row in range(len(self.sizes))]
 
 
 def presence_score(iou: torch.Tensor, object_score_logit: torch.Tensor, kind: str) -> torch.Tensor:
@@ -119,9 +133,13 @@ class PseudoVideo:
     the scores and the mask logits, then computes in fp32 from the bf16 features, and reference
     memories are stored in bf16 as always. An amp engine prepares its model instance for bf16
     (fp32 decoder, channels-last convolutions after the trunk, which give the same bf16 numbers
-    faster): give an fp32 engine a model of its own."""
+    faster): give an fp32 engine a model of its own.
+    compiled: `torch.compile` of the image encoder, memory attention and mask decoder
+    (`compile_modules`), with static shapes: batches of more than one image or pair are padded
+    to `static_batch` (the pair batch size), so that each shape compiles once; give it a model of
+    its own too."""
 
-    def __init__(self, model: SAM2Base, amp: bool = False):
+    def __init__(self, model: SAM2Base, amp: bool = False, compiled: bool = False, static_batch: int = 1):
         self.model = model
         self.device = model.device
         self.amp = amp
@@ -130,11 +148,16 @@ class PseudoVideo:
             # the trunk's features come out channels-last: convolutions that are too skip a reorder
             for module in (model.image_encoder.neck, model.sam_mask_decoder):
                 module.to(memory_format=torch.channels_last)
-        _reuse_position_encoding(model)
+        if compiled:
+            compile_modules(model)
+        else:  # compiled, the graph computes the encoding once per shape itself
+            _reuse_position_encoding(model)
+        self.static_batch = static_batch if compiled else 1
         self.encoder_passes = 0  # images that went through the image encoder
         self._backbone_cache: dict[str, list[torch.Tensor]] = {}
         self._pos_enc: list[torch.Tensor] | None = None  # the same for every image
         self._maskmem_pos_enc: list[torch.Tensor] | None = None  # the same for every memory
+        self._holes_unfillable = False
 
     @property
     def image_size(self) -> int:
@@ -166,12 +189,13 @@ class PseudoVideo:
                 to_encode.setdefault(frame.image_id, frame)
         fresh = {}
         if to_encode:
-            pixels = torch.stack([f.pixels for f in to_encode.values()]).to(self.device)
+            # pinned frames (utils/feed.py) are copied to the GPU without blocking
+            pixels = torch.stack([f.pixels.to(self.device, non_blocking=True) for f in to_encode.values()])
             with self.autocast():
-                backbone_out = self.model.forward_image(pixels)
+                backbone_out = self.model.forward_image(self._padded(pixels))
             self.encoder_passes += len(to_encode)
             if self._pos_enc is None:
-                self._pos_enc = [pos[:1] for pos in backbone_out["vision_pos_enc"]]
+                self._pos_enc = [pos[:1].clone() for pos in backbone_out["vision_pos_enc"]]
             for j, (key, frame) in enumerate(to_encode.items()):
                 levels = [level[j:j + 1] for level in backbone_out["backbone_fpn"]]
                 if frame.image_id is None:
@@ -206,8 +230,17 @@ class PseudoVideo:
         return concat_points(None, points.to(self.device), labels.to(self.device))
 
     def _fill_holes(self, low_res_masks: torch.Tensor) -> torch.Tensor:
+        """sam2's hole filling, as the official predictor applies it. Where sam2 cannot run it
+        (no CUDA extension, or masks on the CPU) it warns and returns the masks unchanged, on
+        every call: the engine notes that once and then skips it (README: Troubleshooting)."""
         area = getattr(self.model, "fill_hole_area", 0)
-        return fill_holes_in_mask_scores(low_res_masks, area) if area > 0 else low_res_masks
+        if area <= 0 or self._holes_unfillable:
+            return low_res_masks
+        with warnings.catch_warnings(record=True) as skipped:
+            warnings.simplefilter("always")
+            filled = fill_holes_in_mask_scores(low_res_masks, area)
+        self._holes_unfillable = bool(skipped)
+        return filled
 
     @torch.no_grad()
     def encode_reference(self, frames: list[Frame], prompts: list[Prompt]) -> Reference:
@@ -251,8 +284,8 @@ class PseudoVideo:
 
     def score_targets(self, reference: Reference, frames: list[Frame],
                       with_masks: bool = True) -> TargetScores:
-        """Track the reference object into each target frame (a batch) and score it. Without
-        masks (retrieval), the upsampling of the masks to the images' sizes is skipped."""
+        """Track the reference object into each target frame (a batch) and score it. With masks,
+        the model's mask logits are kept (`TargetScores.mask_logit` gives one at its image's size)."""
         return self.score_pairs([reference] * len(frames), frames, with_masks)
 
     def score_pairs(self, references: list[Reference], frames: list[Frame], with_masks: bool = True,
@@ -260,6 +293,9 @@ class PseudoVideo:
         """Score a batch of pseudo-videos [references[b], frames[b]] (references with the same
         number of frames). With grad, autograd records the SAM2 heads, so that a trainable score
         head learns; everything before them runs without gradients (frozen weights)."""
+        count = len(frames)
+        padding = self._padding(count)  # copies of the last pair, whose results are dropped
+        references, frames = references + references[-1:] * padding, frames + frames[-1:] * padding
         with torch.enable_grad() if grad else torch.no_grad():
             vision_feats, vision_pos_embeds, feat_sizes = self._features(frames)
             num_frames = references[0].num_frames
@@ -271,20 +307,52 @@ class PseudoVideo:
                     feat_sizes=feat_sizes, point_inputs=None, mask_inputs=None,
                     output_dict={"cond_frame_outputs": cond_outputs, "non_cond_frame_outputs": {}},
                     num_frames=num_frames + 1, track_in_reverse=False, prev_sam_mask_logits=None)
-        _, _, ious, low_res_masks, _, _, object_score_logits = sam_outputs
-        mask_logits = None
+        _, _, ious, low_res_masks, _, _, object_score_logits = (output[:count] for output in sam_outputs)
         if with_masks:
             with torch.no_grad():
                 low_res_masks = self._fill_holes(low_res_masks.float())
-                mask_logits = [
-                    F.interpolate(low_res_masks[b:b + 1], size=(f.height, f.width), mode="bilinear",
-                                  align_corners=False)[0, 0].cpu()
-                    for b, f in enumerate(frames)
-                ]
         ious = ious.float() if grad else ious.float().cpu()
         object_score_logit = object_score_logits.float()[:, 0]
-        return TargetScores(mask_logits=mask_logits, ious=ious, iou=ious.max(dim=1).values,
-                            object_score_logit=object_score_logit if grad else object_score_logit.cpu())
+        return TargetScores(ious=ious, iou=ious.max(dim=1).values,
+                            object_score_logit=object_score_logit if grad else object_score_logit.cpu(),
+                            low_res_masks=low_res_masks if with_masks else None,
+                            sizes=[(f.height, f.width) for f in frames[:count]] if with_masks else None)
+
+    def _padding(self, count: int) -> int:
+        """Rows to add to a batch of `count`: compiled, a batch of several is padded to the static
+        size (a single image or pair keeps its own shape: reference frames come one by one)."""
+        return self.static_batch - count if 1 < count < self.static_batch else 0
+
+    def _padded(self, pixels: torch.Tensor) -> torch.Tensor:
+        padding = self._padding(len(pixels))
+        return torch.cat([pixels, pixels[-1:].expand(padding, -1, -1, -1)]) if padding else pixels
+
+
+def compile_modules(model: SAM2Base) -> None:
+    """`torch.compile` SAM2's image encoder, memory attention and mask decoder, as sam2's
+    `SAM2VideoPredictorVOS._compile_all_components` (and `SAM2Base(compile_image_encoder=True)`)
+    does: each module's forward, fullgraph, static shapes, mode max-autotune on CUDA. On the CPU
+    the default mode: max-autotune's search of matrix kernels takes many minutes there (bench.py
+    measures what compiling gains). Outputs are cloned, as the VOS predictor clones them, so
+    that CUDA graphs may reuse their buffers. Only this model instance changes."""
+    mode = "max-autotune" if model.device.type == "cuda" else None
+    for module in (model.image_encoder, model.memory_attention, model.sam_mask_decoder):
+        compiled = torch.compile(module.forward, mode=mode, fullgraph=True, dynamic=False)
+        module.forward = functools.partial(_cloned_outputs, compiled)
+
+
+def _cloned_outputs(forward, *args, **kwargs):
+    return _clone(forward(*args, **kwargs))
+
+
+def _clone(value):
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    return value
 
 
 def _reuse_position_encoding(model: SAM2Base) -> None:

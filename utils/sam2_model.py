@@ -20,10 +20,10 @@ from omegaconf.errors import OmegaConfBaseException
 from sam2.build_sam import build_sam2_video_predictor
 from sam2.modeling.sam2_base import SAM2Base
 
-from utils.cli import SAM2_DEFAULT_CFG as DEFAULT_CFG
 from utils.errors import UserError
 
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
+CHECKPOINT_DIR = "checkpoints"  # where checkpoints/download_ckpts.sh puts them
 # size -> (config name inside the sam2 package, official checkpoint file name)
 SAM2_1_MODELS = {
     "tiny": ("configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt"),
@@ -31,6 +31,7 @@ SAM2_1_MODELS = {
     "base_plus": ("configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt"),
     "large": ("configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
 }
+DEFAULT_CFG = SAM2_1_MODELS["large"][0]
 
 
 def _config_source(cfg: str) -> tuple[Path | None, Path]:

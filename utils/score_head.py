@@ -73,8 +73,9 @@ def _load(path: Path, flag: str, keys: set, fix: str) -> dict:
     return saved
 
 
-def resume(output_dir: Path, model: SAM2Base, optimizer, score: str) -> tuple[int, list]:
-    """Load last.pt into the model's head and the optimizer; (next epoch, history so far)."""
+def resume(output_dir: Path, model: SAM2Base, optimizer, score: str, write_heads: bool = True) -> tuple[int, list]:
+    """Load last.pt into the model's head and the optimizer; (next epoch, history so far). With
+    `write_heads` (one process of a run), the heads of last.pt's epoch are written again."""
     path = output_dir / "last.pt"
     if not path.is_file():
         raise UserError("nothing to resume", str(path), "start without --resume")
@@ -89,7 +90,8 @@ def resume(output_dir: Path, model: SAM2Base, optimizer, score: str) -> tuple[in
     except (ValueError, KeyError) as err:
         raise UserError("last.pt holds another optimizer state", str(path),
                         f"start without --resume, or delete last.pt ({err})") from None
-    _save_heads(output_dir, {k: v for k, v in state.items() if k in RECORD_KEYS}, state["history"])
+    if write_heads:
+        _save_heads(output_dir, {k: v for k, v in state.items() if k in RECORD_KEYS}, state["history"])
     return state["epoch"] + 1, state["history"]
 
 

@@ -127,8 +127,8 @@ def split_classes(data: TripletData, val_fraction: float, seed: int) -> tuple[se
     return set(classes) - val, val
 
 
-def lazy_triplet_loss(positive: torch.Tensor, negatives: torch.Tensor, margin: float) -> torch.Tensor:
-    """L = mean over the batch of max over the M negatives of max(0, m - s(a, p) + s(a, n)).
-    positive: [B] scores s(a, p); negatives: [B, M] scores s(a, n)."""
+def lazy_triplet_losses(positive: torch.Tensor, negatives: torch.Tensor, margin: float) -> torch.Tensor:
+    """Per triplet, max over its M negatives of max(0, m - s(a, p) + s(a, n)); a step's loss is
+    their mean. positive: [B] scores s(a, p); negatives: [B, M] scores s(a, n). Returns [B]."""
     violations = torch.clamp(margin - positive[:, None] + negatives, min=0)
-    return violations.max(dim=1).values.mean()
+    return violations.max(dim=1).values

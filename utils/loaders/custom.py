@@ -4,7 +4,8 @@
       references/<object>.jpg     a photo of the object; more shots: <object>_2.jpg, <object>_3.jpg, ...
       references/<object>.png     its mask (any 2-valued image, read > 0), or
       references/<object>.txt     its box: "x1 y1 x2 y2" in pixels
-      images/**/*.jpg|jpeg|png    the photos to search (sub-folders allowed)
+      images/**/*.jpg|jpeg|png    the photos to search (sub-folders allowed; hidden files and
+                                  folders, such as macOS's ._ files, are not photos)
 
 Reference photos are JPEGs (a PNG beside one is its mask). `<name>_<N>.jpg` (N >= 2) is a further
 shot of `<name>` when `<name>.jpg` exists, else an object of its own. Photos are read with their
@@ -50,7 +51,8 @@ def load_custom(root) -> CustomData:
         name = shot.group(1) if shot and int(shot.group(2)) >= 2 and shot.group(1) in stems else photo.stem
         objects.setdefault(name, []).append(ReferenceFrame(str(photo.relative_to(root)), _prompt(photo)))
     images = sorted(str(p.relative_to(root)) for p in images_dir.rglob("*")
-                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(images_dir).parts))
     if not images:
         raise UserError("no photo to search", str(images_dir), "add .jpg or .png photos (sub-folders allowed)")
     for image in images:  # a file that is not an image stops the run here, before any work

@@ -13,8 +13,6 @@ Images are decoded with the official orientation rule of `utils.ilias_store.deco
 """
 import itertools
 import math
-import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from datasets import Image as ImageFeature, load_dataset
 
 from utils.errors import UserError
 from utils.ilias_store import decode_image, union_box
+from utils.loops import worker_loader
 
 CORE_PARTS = {"queries": "query", "db": "pos"}  # ilias_core sub-folder of each split
 
@@ -109,21 +108,10 @@ def _iter_core_folder(root: Path, split: str):
         yield RawSample(str(image.relative_to(root).with_suffix("")), image.read_bytes(), boxes)
 
 
-def _ignore_interrupts(_worker_id: int) -> None:
-    """Decoding workers leave Ctrl-C to the main process, which reports it on one line (they end
-    when it has gone); the thread that hands their tensors over does not print a traceback when
-    an interrupted main process hangs up on it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    default_hook = sys.excepthook  # multiprocessing's resource sharer reports through it
-    sys.excepthook = lambda kind, error, trace: None if issubclass(kind, ConnectionError) else \
-        default_hook(kind, error, trace)
-
-
 def shard_loader(stream: "ShardBatches", num_workers: int) -> torch.utils.data.DataLoader:
     """The decoded batches of a `ShardBatches`, from `num_workers` processes (a worker reads whole
     shards: more workers than shards would idle)."""
-    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(num_workers, len(stream.shards)),
-                                       worker_init_fn=_ignore_interrupts)
+    return worker_loader(stream, min(num_workers, len(stream.shards)))
 
 
 class ShardBatches(torch.utils.data.IterableDataset):
