@@ -1,6 +1,7 @@
 # Set-up from a fresh clone, then the checks. `make test`: venv, install, pytest. `make demo`:
 # a small synthetic sample in the "your own photos" layout, searched and segmented with the
-# official SAM2.1-tiny checkpoint.
+# official SAM2.1-tiny checkpoint. `make gpu-check` (on a GPU machine, no download needed): every
+# stage on the GPU against the CPU, torchrun over every GPU, then the quick benchmark on the GPU.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ TORCH_PIP_ARGS ?=
 SAM2_BUILD_CUDA ?= 0
 SAM2_VERSION ?= 1.1.0
 
-.PHONY: install test demo clean
+.PHONY: install test gpu-check demo clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt Makefile
@@ -25,15 +26,16 @@ $(VENV)/.installed: requirements.txt Makefile
 test: install
 	$(PY) -m pytest -q
 
+gpu-check: install
+	$(PY) -m pytest -q -m gpu -rs tests/test_gpu.py
+	$(PY) bench.py --quick --device cuda --output_dir outputs/gpu_check/bench
+
 DEMO_SAM2 = --sam2_cfg configs/sam2.1/sam2.1_hiera_t.yaml --sam2_checkpoint checkpoints/sam2.1_hiera_tiny.pt
 
 demo: install
 	$(PY) make_demo_data.py --output_dir datasets/demo_custom
 	bash checkpoints/download_ckpts.sh tiny
-	$(PY) sam2_permis.py --dataset_file custom --data_path datasets/demo_custom $(DEMO_SAM2) \
-		--output_dir outputs/demo/segmentation --save_masks --visualize 3
-	$(PY) sam2_permir_obj_scores.py --dataset_file custom --data_path datasets/demo_custom $(DEMO_SAM2) \
-		--output_dir outputs/demo/retrieval --visualize 2
+	$(PY) search_photos.py --data_path datasets/demo_custom $(DEMO_SAM2) --output_dir outputs/demo --visualize 4
 
 clean:
 	rm -rf $(VENV) outputs datasets/demo_custom

@@ -15,14 +15,27 @@ scheduler, the engine, the shard reader), on synthetic JPEG scenes. Suites:
   (c) the floor: distinct images x t_encode + pairs x t_pair, both measured in this run;
 - segmentation: one reference and T targets with masks: the official predictor, fp32, amp; the
   share of mask pixels on which amp and fp32 agree;
+- feed: images/s that the decoding workers deliver to the model (JPEG decode, resize, normalise;
+  utils/feed.py) with 0, 1, 2, ... workers, for scenes of --image_size and for 12-megapixel
+  photos, beside the rate the model encodes them: which of the two bounds a run;
+- compile: --compile (torch.compile of the image encoder, memory attention and mask decoder):
+  seconds of compiling, then steady-state encode and pair times against eager, in fp32 and with
+  amp, and from how many targets (one encode and one pair each) compiling pays;
 - features: images/s of the ILIAS feature pipeline (JPEG decode in DataLoader workers, official
   large-side preprocessing, batches of one shape) against the bare forward, in fp32 and with amp;
 - topk: time and peak memory (each in its own process) of the sharded search against one flat
   search over everything; the results must be identical;
 - photos: your own photos (README), run as a user runs them: search_photos.py on a folder of
-  photos, all pairs against a DINOv2 shortlist, wall time.
+  photos, all pairs against a DINOv2 shortlist, wall time;
+- photo_index: the DINOv2 part of a search with a shortlist on a generated folder of small photos
+  (2,000; quick: 200): the first search, which builds the folder's photo index, a second search
+  for another object, and a search after 1% new photos are added; each search's seconds, the
+  photos embedded, and the projection of these costs to 100,000 photos.
 For fp32 against amp, every suite reports the speed-up, the largest score (or feature) difference
-and the share of tied scores in each. Prints one table and writes <output_dir>/metrics.json.
+and the share of tied scores in each. Every run names its processor, measures its peak matmul
+rate (fp32, bf16) and counts the FLOPs of one encode and one pair (utils/machine.py), so that
+each phase's speed is also a share of what this machine can do. Prints one table and writes
+<output_dir>/metrics.json.
 """
 import contextlib
 import functools
@@ -46,13 +59,17 @@ from utils.amp import amp_enabled
 from utils.cli import CliParser, add_output_args, finish, format_table, run_cli, setup
 from utils.dist import default_pair_batch_size
 from utils.loaders.common import open_image
+from utils.loaders.custom import CustomData, load_custom
+from utils.feed import FrameFeed
 from utils.loaders.ilias import ShardBatches, shard_loader
+from utils.machine import count_flops, describe, peak_matmul_flops, summary
 from utils.pair_scoring import PairScheduler, ReferenceFrame
-from utils.pseudo_video import Prompt, PseudoVideo
+from utils.photo_search import Models, SearchOptions, shortlists
+from utils.pseudo_video import Prompt, PseudoVideo, normalise
 from utils.sam2_model import SAM2_1_MODELS, build_sam2_model
 from utils.synthetic import render_object, render_scene, write_custom, write_jpeg, write_webdataset_tar
 
-SUITES = ("retrieval", "segmentation", "features", "topk", "photos")
+SUITES = ("retrieval", "segmentation", "feed", "compile", "features", "topk", "photos", "photo_index")
 WORKLOADS = {  # name: (queries, gallery per query, shared by all queries), full and --quick
     "all_pairs": {"full": (10, 30, 30), "quick": (2, 3, 3)},
     "k_candidates": {"full": (10, 50, 25), "quick": (2, 4, 2)},
@@ -61,7 +78,7 @@ WORKLOADS = {  # name: (queries, gallery per query, shared by all queries), full
 
 def get_args_parser() -> CliParser:
     parser = CliParser(__doc__)
-    parser.add_argument("--suite", choices=[*SUITES, "all"], default="all")
+    parser.add_argument("--suite", nargs="+", choices=[*SUITES, "all"], default=["all"])
     parser.add_argument("--sam2_cfg", default=SAM2_1_MODELS["tiny"][0])
     parser.add_argument("--dinov2", default=None,
                         help="DINOv2 folder or hub id (default: ViT-S/14 architecture, random weights)")
@@ -70,11 +87,14 @@ def get_args_parser() -> CliParser:
     parser.add_argument("--official_pairs", type=int, default=None,
                         help="pairs the official predictor is timed on, per workload (default 4; quick 2)")
     parser.add_argument("--image_size", type=int, nargs=2, default=[768, 1024], metavar=("H", "W"))
+    parser.add_argument("--photo_size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="feed: a camera photo's size (default 3000 x 4000, 12 Mpixel; quick: 2 x --image_size)")
     parser.add_argument("--dinov2_resolution", type=int, default=None, help="default 724 (quick: 224)")
     parser.add_argument("--topk_database", type=int, default=None, help="default 1M (quick: 200k)")
     parser.add_argument("--topk_shard", type=int, default=None, help="default 100k (quick: 20k)")
     parser.add_argument("--topk_queries", type=int, default=None, help="default 1000 (quick: 200)")
     parser.add_argument("--num_workers", type=int, default=2, help="decoding workers of the features suite")
+    parser.add_argument("--index_photos", type=int, default=None, help="photo_index: photos (default 2000; quick 200)")
     add_output_args(parser, "outputs/bench")
     return parser
 
@@ -130,21 +150,44 @@ def official_pair(predictor, folder: Path, reference: Path, target: Path, prompt
 
 
 def measure_floor(engine: PseudoVideo, path: Path, mask: np.ndarray, repeats: int = 2) -> dict:
-    """Seconds of one image encode and of one pair's memory attention + decoder (batch 1)."""
+    """Seconds of one image encode and of one pair's memory attention + decoder (batch 1), and
+    of the first of each (a warm-up; compiling, for a compiled engine)."""
     frame = engine.prepare(open_image(path), image_id="floor")
-    pixels = frame.pixels[None].to(engine.device)
+    pixels = normalise(frame.pixels[None].to(engine.device))
 
     def encode():
         with torch.no_grad(), engine.autocast():
             engine.model.forward_image(pixels)
+        synchronize(engine.device)
 
-    encode()  # warm-up
+    def pair():
+        engine.score_pairs([reference], [frame], with_masks=False)
+        synchronize(engine.device)
+
+    first_encode, _ = timed(encode)
     t_encode = min(timed(encode)[0] for _ in range(repeats))
-    reference = engine.encode_reference([frame], [Prompt(mask=mask)])
-    engine.score_pairs([reference], [frame], with_masks=False)  # warm-up, features cached
-    t_pair = min(timed(engine.score_pairs, [reference], [frame], with_masks=False)[0] for _ in range(repeats))
+    first_reference, reference = timed(engine.encode_reference, [frame], [Prompt(mask=mask)])
+    first_pair, _ = timed(pair)  # features cached
+    t_pair = min(timed(pair)[0] for _ in range(repeats))
     engine.forget(["floor"])
-    return {"t_encode_s": t_encode, "t_pair_s": t_pair}
+    return {"t_encode_s": t_encode, "t_pair_s": t_pair, "first_calls_s": first_encode + first_reference + first_pair}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def phase_flops(model, path: Path, mask: np.ndarray) -> dict:
+    """FLOPs of one encode and of one pair (utils/machine.py: attention counted too)."""
+    engine = PseudoVideo(model)
+    frame = engine.prepare(open_image(path), image_id="flops")
+    with torch.no_grad():
+        encode = count_flops(model.forward_image, normalise(frame.pixels[None].to(engine.device)))
+        reference = engine.encode_reference([frame], [Prompt(mask=mask)])
+        pair = count_flops(engine.score_pairs, [reference], [frame], with_masks=False)
+    engine.forget(["flops"])
+    return {"encode": encode, "pair": pair}
 
 
 def score_agreement(fp32: np.ndarray, amp: np.ndarray) -> dict:
@@ -241,6 +284,47 @@ def bench_segmentation(args, engines, official, folder: Path) -> dict:
     return row
 
 
+def bench_feed(args, folder: Path, encode_s: dict) -> dict:
+    """Images/s the feed delivers with 0, 1, 2, ... decoding workers (up to this machine's
+    cores), for scenes and for camera-sized photos, beside the model's encode rate: the steady
+    rate, after the first image (the workers' start-up is paid once per run)."""
+    image_size = build_sam2_model(args.sam2_cfg, None).image_size
+    sizes = {"scene": tuple(args.image_size),
+             "photo": tuple(args.photo_size or ([2 * v for v in args.image_size] if args.quick else (3000, 4000)))}
+    count = 6 if args.quick else 16
+    row = {"encode_images_per_s": {p: 1 / t for p, t in encode_s.items()}, "image_size": image_size}
+    cores = describe(torch.device("cpu"))["cores"]
+    for name, size in sizes.items():
+        paths, _ = write_scenes(folder / f"feed_{name}", count, size, args.seed + 5)
+        ids = [str(p) for p in paths]
+        rates = {}
+        for workers in range(0, cores + 1):
+            frames = FrameFeed(open_image, image_size, workers).frames(ids)
+            next(frames)
+            seconds, _ = timed(lambda: [frame for frame in frames])
+            rates[workers] = (count - 1) / seconds
+        row[name] = {"size": list(size), "images": count, "images_per_s": rates}
+    return row
+
+
+def bench_compile(args, device: torch.device, official, paths, masks, amp: bool, eager: dict) -> dict:
+    """--compile against eager, fp32 and amp: compile seconds (the first calls, less the steady
+    ones), steady encode and pair times, and from how many targets it pays."""
+    row = {}
+    for precision, precision_amp in (("fp32", False), ("amp", amp)):
+        model = build_sam2_model(args.sam2_cfg, None, device)
+        model.load_state_dict(official.state_dict())
+        compiled = measure_floor(PseudoVideo(model, precision_amp, compiled=True), paths[0], masks[0])
+        compile_s = compiled["first_calls_s"] - eager[precision]["first_calls_s"]
+        saving = (eager[precision]["t_encode_s"] + eager[precision]["t_pair_s"]
+                  - compiled["t_encode_s"] - compiled["t_pair_s"])  # per target: one encode, one pair
+        row[precision] = {**compiled, "compile_s": compile_s,
+                          "encode_speedup": eager[precision]["t_encode_s"] / compiled["t_encode_s"],
+                          "pair_speedup": eager[precision]["t_pair_s"] / compiled["t_pair_s"],
+                          "pays_after_targets": compile_s / saving if saving > 0 else None}
+    return row
+
+
 def dinov2_name(args, folder: Path) -> str:
     """--dinov2, or a folder holding the ViT-S/14 architecture with seeded random weights."""
     if args.dinov2 is not None:
@@ -319,6 +403,37 @@ def bench_photos(args, device: torch.device, folder: Path, amp: bool) -> dict:
     return row
 
 
+def bench_photo_index(args, run, folder: Path) -> dict:
+    """The DINOv2 part of three searches of one folder (see the module docstring)."""
+    count = args.index_photos or (200 if args.quick else 2000)
+    size = (96, 128)
+    write_custom(folder / "index_photos", 2, count, args.seed, size=size)
+    scan_s, data = timed(load_custom, folder / "index_photos")  # every search reads the folder (file headers)
+    name = dinov2_name(args, folder)
+    models = Models(None, {}, dinov2.load_dinov2(name, run.device, run.amp), name)
+    options = SearchOptions(shortlist=50, index_chunk=256, dinov2_resolution=224, dinov2_preprocess="short_side_crop")
+    one_object = lambda k: CustomData(data.root, {f"object_{k}": data.objects[f"object_{k}"]}, data.images)
+    row = {"photos": count, "photo_size": list(size), "dinov2": "ViT-S/14" if args.dinov2 is None else args.dinov2,
+           "resolution": options.dinov2_resolution, "vector_bytes": 2 * models.dinov2.config.hidden_size,
+           "folder_scan_s": scan_s}
+    for step, searched in (("first", one_object(0)), ("second", one_object(1))):
+        seconds, (_, update) = timed(shortlists, searched, models, options, run)
+        row[step] = {"seconds": seconds, **update}
+    added = max(1, count // 100)
+    rng = np.random.default_rng(args.seed + 7)
+    for i in range(added):
+        write_jpeg(data.root / "images" / "new" / f"{i:04d}.jpg", render_scene(rng, render_object(i), *size, scale=0.4)[0])
+    seconds, (_, update) = timed(shortlists, load_custom(data.root), models, options, run)
+    row["after_adding_1_percent"] = {"seconds": seconds, **update}
+    embed_s = row["first"]["seconds"] / count  # nearly all of the first search: one forward per photo
+    row["projection_100k"] = {"first_search_s": 100_000 * embed_s,
+                              "second_search_s": row["second"]["seconds"] * 100_000 / count,
+                              "folder_scan_s": scan_s * 100_000 / count,
+                              "index_mb": 100_000 * row["vector_bytes"] / 2**20}
+    row["second_vs_first"] = row["second"]["seconds"] / row["first"]["seconds"]
+    return row
+
+
 def _search(mode: str, folder: str, queries_path: str, k: int, connection) -> None:
     """Run one search in a fresh process; send (seconds, peak RSS in MB, indices)."""
     from utils.retrieval import shard_search, sharded_topk
@@ -389,13 +504,15 @@ def bench_topk(args, folder: Path) -> dict:
 def main(args) -> dict:
     run = setup(args, distributed=False)
     device = run.device
-    suites = list(SUITES) if args.suite == "all" else [args.suite]
+    suites = list(SUITES) if "all" in args.suite else args.suite
     amp = amp_enabled(True, device)  # where bf16 is not native, "amp" runs in fp32 (and says so)
-    results = {"device": str(device), "amp_native": amp, "torch_threads": torch.get_num_threads(),
+    machine = {**describe(device), "peak_fp32_flops": peak_matmul_flops(device, torch.float32),
+               "peak_bf16_flops": peak_matmul_flops(device, torch.bfloat16)}
+    results = {"machine": machine, "device": str(device), "amp_native": amp, "torch_threads": torch.get_num_threads(),
                "sam2_cfg": args.sam2_cfg, "quick": args.quick, "image_size": args.image_size}
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         folder = Path(tmp)
-        if {"retrieval", "segmentation"} & set(suites):
+        if {"retrieval", "segmentation", "feed", "compile"} & set(suites):
             # one model instance per path, the same weights: the official SAM2VideoPredictor as sam2
             # builds it, and one for each engine precision (an engine adjusts its own instance)
             torch.manual_seed(args.seed)
@@ -406,10 +523,11 @@ def main(args) -> dict:
             for model in models.values():
                 model.load_state_dict(official.state_dict())
             engines = lambda: {"fp32": PseudoVideo(models["fp32"]), "amp": PseudoVideo(models["amp"], amp)}
+            paths, masks = write_scenes(folder / "floor", 1, args.image_size, args.seed)
+            floors = {p: measure_floor(engine, paths[0], masks[0]) for p, engine in engines().items()}
+            results["floor"] = floors
+            results["flops"] = phase_flops(official, paths[0], masks[0])
             if "retrieval" in suites:
-                paths, masks = write_scenes(folder / "floor", 1, args.image_size, args.seed)
-                floors = {p: measure_floor(engine, paths[0], masks[0]) for p, engine in engines().items()}
-                results["floor"] = floors
                 results["retrieval"] = bench_retrieval(args, engines, official, folder, floors)
                 # this machine's speed drifts: the floor, measured again after the workloads,
                 # must not be the one that makes our path look close to it
@@ -417,6 +535,10 @@ def main(args) -> dict:
                                           for p, engine in engines().items()}
             if "segmentation" in suites:
                 results["segmentation"] = bench_segmentation(args, engines, official, folder)
+            if "feed" in suites:
+                results["feed"] = bench_feed(args, folder, {p: f["t_encode_s"] for p, f in floors.items()})
+            if "compile" in suites:
+                results["compile"] = bench_compile(args, device, official, paths, masks, amp, floors)
         if "features" in suites:
             results["features"] = bench_features(args, device, folder, amp)
         if "topk" in suites:
@@ -424,19 +546,31 @@ def main(args) -> dict:
             results["topk"] = bench_topk(args, folder / "topk")
         if "photos" in suites:
             results["photos"] = bench_photos(args, device, folder, amp)
+        if "photo_index" in suites:
+            results["photo_index"] = bench_photo_index(args, run, folder)
     return finish(args, results, report(results), run)
 
 
+def share_of_peak(flops: int, seconds: float, peak: float) -> str:
+    return f"{flops / seconds / 1e9:.0f} GFLOP/s = {flops / seconds / peak:.0%} of peak"
+
+
 def report(results: dict) -> str:
-    rows = []
+    machine = results["machine"]
+    rows = [["peak matmul (GFLOP/s)", f"{machine['peak_fp32_flops'] / 1e9:.0f}", f"{machine['peak_bf16_flops'] / 1e9:.0f}",
+             f"{machine['peak_bf16_flops'] / machine['peak_fp32_flops']:.2f}x", summary(machine)]]
     for name in ("floor", "floor_after"):
         if name in results:
-            f = results[name]
+            f, flops = results[name], results["flops"]
+            shares = "; ".join(f"{phase} {flops[phase] / 1e9:.0f} GFLOP: fp32 "
+                               f"{share_of_peak(flops[phase], f['fp32'][f't_{phase}_s'], machine['peak_fp32_flops'])}"
+                               f", amp {share_of_peak(flops[phase], f['amp'][f't_{phase}_s'], machine['peak_bf16_flops'])}"
+                               for phase in ("encode", "pair"))
             rows.append([f"{name.replace('_', ' ')}: t_encode | t_pair (s)",
                          f"{f['fp32']['t_encode_s']:.3f} | {f['fp32']['t_pair_s']:.3f}",
                          f"{f['amp']['t_encode_s']:.3f} | {f['amp']['t_pair_s']:.3f}",
                          f"{f['fp32']['t_encode_s'] / f['amp']['t_encode_s']:.2f}x | "
-                         f"{f['fp32']['t_pair_s'] / f['amp']['t_pair_s']:.2f}x", ""])
+                         f"{f['fp32']['t_pair_s'] / f['amp']['t_pair_s']:.2f}x", shares])
     for name, r in results.get("retrieval", {}).items():
         rows.append([f"{name} {r['pairs']} pairs: s/pair (official {r['official_s_per_pair']:.2f}, "
                      f"extrapolated from {r['official_sampled_pairs']})",
@@ -451,6 +585,21 @@ def report(results: dict) -> str:
                      f"{r['fp32']['s_per_target']:.3f}", f"{r['amp']['s_per_target']:.3f}", f"{r['amp_speedup']:.2f}x",
                      f"fp32 {r['fp32']['speedup_vs_official']:.2f}x official; masks agree on "
                      f"{r['mask_agreement']:.2%} of pixels; max |d score| {r['max_score_diff']:.4f}"])
+    if "feed" in results:
+        r = results["feed"]
+        for name in ("scene", "photo"):
+            rates = " | ".join(f"{w} workers {rate:.1f}" for w, rate in r[name]["images_per_s"].items())
+            rows.append([f"feed, {r[name]['size'][0]} x {r[name]['size'][1]} JPEG: img/s", rates, "", "",
+                         "the model encodes {:.2f} img/s in fp32, {:.2f} with amp".format(
+                             r["encode_images_per_s"]["fp32"], r["encode_images_per_s"]["amp"])])
+    if "compile" in results:
+        r = results["compile"]
+        cells = {p: f"{r[p]['t_encode_s']:.3f} | {r[p]['t_pair_s']:.3f}" for p in ("fp32", "amp")}
+        notes = "; ".join(f"{p}: compiled in {r[p]['compile_s']:.0f} s, encode {r[p]['encode_speedup']:.2f}x, pair "
+                          f"{r[p]['pair_speedup']:.2f}x eager, " + (f"pays after {r[p]['pays_after_targets']:.0f} targets"
+                                                                    if r[p]['pays_after_targets'] else "never pays here")
+                          for p in ("fp32", "amp"))
+        rows.append(["--compile: t_encode | t_pair (s)", cells["fp32"], cells["amp"], "", notes])
     if "features" in results:
         r = results["features"]
         rows.append([f"features @{r['resolution']}: img/s pipeline | bare",
@@ -473,7 +622,19 @@ def report(results: dict) -> str:
                          f"{fp32['seconds']:.1f}", f"{amp['seconds']:.1f}", f"{fp32['seconds'] / amp['seconds']:.2f}x",
                          f"{fp32['sam2_pairs']} SAM2 pairs, {fp32['encoder_passes']} encoder passes (model loading "
                          "included)"])
-    return format_table(["measure", "fp32", "amp", "amp speed-up", "notes"], rows)
+    if "photo_index" in results:
+        r = results["photo_index"]
+        for step in ("first", "second", "after_adding_1_percent"):
+            rows.append([f"photo index, {r['photos']} photos of {r['photo_size'][0]} x {r['photo_size'][1]}: "
+                         f"{step.replace('_', ' ')} search, s", f"{r[step]['seconds']:.2f}", "", "",
+                         f"{r[step]['added']} photos embedded, {r[step]['kept']} kept, {r[step]['removed']} removed"])
+        p = r["projection_100k"]
+        rows.append(["photo index, projected to 100,000 photos", "", "", "",
+                     f"first search {p['first_search_s'] / 3600:.1f} h, then {p['second_search_s']:.1f} s per search "
+                     f"(second/first here: {r['second_vs_first']:.1%}), plus {p['folder_scan_s']:.0f} s reading the "
+                     f"folder; index {p['index_mb']:.0f} MB (float16)"])
+    return format_table(["measure", "fp32", "amp", "amp speed-up", "notes"], rows) + \
+        f"\nmachine: {summary(machine)}; device {results['device']}"
 
 
 if __name__ == "__main__":

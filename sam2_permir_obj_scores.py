@@ -21,22 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from utils import dinov2
-from utils.cli import (CliParser, add_dataset_args, add_dinov2_args, add_output_args, add_sam2_args,
-                       add_visualize_arg, data_path, finish, format_table, metric_row, run_cli, setup)
+from utils.cli import (CliParser, add_dataset_args, add_dinov2_args, add_output_args, add_permirs_frames_arg,
+                       add_sam2_args, add_visualize_arg, data_path, finish, format_table, metric_row, run_cli, setup)
 from utils.dist import Run, barrier, sum_across_ranks, unfinished_share
 from utils.errors import UserError, check_positive
 from utils.io import Parts, pack_masks, save_npy, save_png, save_pt, unpack_masks
-from utils.loaders.common import open_image
+from utils.loaders.common import Sample
 from utils.loaders.permirs import load_permirs_videos, permir_split
-from utils.metrics import retrieval_metrics, sort_by_score
+from utils.metrics import PDM_CROP_SIZE, retrieval_metrics, sort_by_score
 from utils.pair_scoring import PairScheduler, ReferenceFrame, chunk_scores, score_in_parts
 from utils.pseudo_video import SCORES, Prompt, PseudoVideo
 from utils.sam2_model import build_sam2_model
 from utils.vis import ranking_strip, with_prompt
 
-CACHE_FORMAT = "permir_data/2"  # 2: videos filtered and queries chosen by PDM's crop fraction
-CACHE_KEYS = {"format", "data_path", "dropped_videos", "query_paths", "gallery_paths",
-              "query_labels", "gallery_labels", "query_masks"}
+CACHE_FORMAT = "permir_data/3"  # 3: the frames as the model is given them (PDM's crops or whole)
+CACHE_KEYS = {"format", "data_path", "frames", "dropped_videos", "query_paths", "query_boxes", "query_labels",
+              "query_masks", "gallery_paths", "gallery_boxes", "gallery_labels"}
 COLUMNS = ["map", "recall@1", "recall@5", "recall@10", "recall@50"]
 TOP_SHOWN = 10
 
@@ -44,6 +44,7 @@ TOP_SHOWN = 10
 def get_args_parser() -> CliParser:
     parser = CliParser(__doc__)
     add_dataset_args(parser, ["permir"], default="permir")
+    add_permirs_frames_arg(parser)
     add_sam2_args(parser)
     parser.add_argument("--score", choices=SCORES, default="iou", help="the SAM2 score that ranks")
     parser.add_argument("--stage", choices=["cache", "retrieve", "all"], default="all")
@@ -55,17 +56,17 @@ def get_args_parser() -> CliParser:
     return parser
 
 
-def build_cache(root: Path, path: Path) -> dict:
-    split, dropped = permir_split(load_permirs_videos(root))
-    data = {"format": CACHE_FORMAT, "data_path": str(root), "dropped_videos": dropped,
-            "query_paths": [str(p) for p in split.query_paths], "gallery_paths": [str(p) for p in split.gallery_paths],
-            "query_labels": split.query_labels, "gallery_labels": split.gallery_labels,
-            "query_masks": pack_masks(split.query_masks)}
-    save_pt(path, data)
-    return data
+def build_cache(root: Path, path: Path, frames: str) -> None:
+    split, dropped = permir_split(load_permirs_videos(root), frames)
+    box = lambda sample: list(sample.input_box) if sample.input_box is not None else None
+    save_pt(path, {"format": CACHE_FORMAT, "data_path": str(root), "frames": frames, "dropped_videos": dropped,
+                   "query_paths": [str(s.image_path) for s in split.queries], "query_boxes": [box(s) for s in split.queries],
+                   "query_labels": split.query_labels, "query_masks": pack_masks([s.mask for s in split.queries]),
+                   "gallery_paths": [str(s.image_path) for s in split.gallery],
+                   "gallery_boxes": [box(s) for s in split.gallery], "gallery_labels": split.gallery_labels})
 
 
-def load_cache(root: Path, path: Path) -> dict:
+def load_cache(root: Path, path: Path, frames: str) -> dict:
     if not path.is_file():
         raise UserError("no PerMIR cache", str(path), "run with --stage cache or --stage all first")
     try:
@@ -74,46 +75,56 @@ def load_cache(root: Path, path: Path) -> dict:
         raise UserError("unreadable PerMIR cache", str(path), f"rerun with --rebuild_cache ({err})") from None
     if not isinstance(data, dict) or set(data) != CACHE_KEYS or data["format"] != CACHE_FORMAT:
         raise UserError("PerMIR cache of another version or tool", str(path), "rerun with --rebuild_cache")
-    if data["data_path"] != str(root):
-        raise UserError(f"PerMIR cache was built from {data['data_path']}", str(path),
-                        "rerun with --rebuild_cache, or use another --output_dir")
+    if data["data_path"] != str(root) or data["frames"] != frames:
+        raise UserError(f"PerMIR cache was built from {data['data_path']} with --permirs_frames {data['frames']}",
+                        str(path), "rerun with --rebuild_cache, or use another --output_dir")
     return data
 
 
+def cache_samples(data: dict, side: str) -> list[Sample]:
+    """The queries or the gallery of a cache, as the model is given them (utils/loaders/permirs.py)."""
+    masks = unpack_masks(data["query_masks"]) if side == "query" else [None] * len(data[f"{side}_paths"])
+    return [Sample(Path(path), mask, input_box=tuple(box) if box is not None else None,
+                   input_size=PDM_CROP_SIZE if box is not None else None)
+            for path, box, mask in zip(data[f"{side}_paths"], data[f"{side}_boxes"], masks)]
+
+
 def split_fingerprint(data: dict) -> str:
-    """A digest of the split (images, labels, query masks): parts of another split never mix."""
+    """A digest of the split (images, their crops, labels, query masks): parts of another split
+    never mix."""
     digest = hashlib.sha1()
-    for key in ("query_paths", "gallery_paths", "query_labels", "gallery_labels"):
+    for key in ("frames", "query_paths", "query_boxes", "query_labels", "gallery_paths", "gallery_boxes",
+                "gallery_labels"):
         digest.update("\n".join(map(str, data[key])).encode() + b"\0")
     digest.update(data["query_masks"]["bits"].numpy().tobytes() + data["query_masks"]["shapes"].numpy().tobytes())
     return digest.hexdigest()
 
 
-def sam2_scores(scheduler: PairScheduler, parts: Parts, data: dict, kind: str, chunk_size: int, run: Run) -> np.ndarray:
+def sam2_scores(scheduler: PairScheduler, parts: Parts, queries: list[Sample], gallery: list[Sample], kind: str,
+                chunk_size: int, run: Run) -> np.ndarray:
     """Scores of every (query, gallery image) pair, queries x gallery, on rank 0 (None on the
     others). Chunks of gallery images (every query against them) are split across the ranks:
     each gallery image is encoded by one rank, each query by every rank that has a chunk."""
-    references = {q: [ReferenceFrame(path, Prompt(mask=mask))]
-                  for q, (path, mask) in enumerate(zip(data["query_paths"], unpack_masks(data["query_masks"])))}
-    gallery = data["gallery_paths"]
-    chunks = [[(q, path) for path in gallery[i:i + chunk_size] for q in references]
-              for i in range(0, len(gallery), chunk_size)]
+    references = {q: [ReferenceFrame(str(query.image_path), Prompt(mask=query.mask))] for q, query in enumerate(queries)}
+    paths = [str(sample.image_path) for sample in gallery]
+    chunks = [[(q, path) for path in paths[i:i + chunk_size] for q in references]
+              for i in range(0, len(paths), chunk_size)]
     score_in_parts(scheduler, parts, chunks, unfinished_share(parts, len(chunks), run), references,
                    desc=f"gallery (rank {run.rank})")
     barrier()
     if not run.is_main:
         return None
     scores = np.concatenate(chunk_scores(parts, chunks, kind))
-    return scores.reshape(len(gallery), len(references)).T.copy()
+    return scores.reshape(len(paths), len(references)).T.copy()
 
 
-def visualize_permir(output_dir: Path, data: dict, scores: np.ndarray, positives: np.ndarray, count: int) -> None:
-    masks = unpack_masks(data["query_masks"])
+def visualize_permir(output_dir: Path, queries: list[Sample], gallery: list[Sample], labels: list[str],
+                     scores: np.ndarray, positives: np.ndarray, count: int) -> None:
     for q, order in enumerate(sort_by_score(scores)[:count]):
         top = order[:TOP_SHOWN]
-        strip = ranking_strip(with_prompt(open_image(data["query_paths"][q]), mask=masks[q]),
-                              [open_image(data["gallery_paths"][j]) for j in top], positives[q, top].tolist())
-        save_png(output_dir / "vis" / f"query_{q:04d}_{data['query_labels'][q]}.png", strip)
+        strip = ranking_strip(with_prompt(queries[q].load_image(), mask=queries[q].mask),
+                              [gallery[j].load_image() for j in top], positives[q, top].tolist())
+        save_png(output_dir / "vis" / f"query_{q:04d}_{labels[q]}.png", strip)
 
 
 def main(args) -> dict:
@@ -127,11 +138,12 @@ def main(args) -> dict:
     cache_path = output_dir / "permir_data.pt"
     rebuild = args.stage == "cache" or (args.stage == "all" and (args.rebuild_cache or not cache_path.is_file()))
     if rebuild and run.is_main:
-        build_cache(root, cache_path)
+        build_cache(root, cache_path, args.permirs_frames)
     barrier()
-    data = load_cache(root, cache_path)
-    counts = {"queries": len(data["query_paths"]), "gallery_images": len(data["gallery_paths"]),
-              "dropped_videos": data["dropped_videos"]}
+    data = load_cache(root, cache_path, args.permirs_frames)
+    queries, gallery = cache_samples(data, "query"), cache_samples(data, "gallery")
+    counts = {"queries": len(queries), "gallery_images": len(gallery), "dropped_videos": data["dropped_videos"],
+              "permirs_frames": args.permirs_frames}
     if args.stage == "cache":
         if not run.is_main:
             return {}
@@ -142,8 +154,10 @@ def main(args) -> dict:
     parts = Parts(output_dir / "parts", {"split": split_fingerprint(data), "sam2_cfg": args.sam2_cfg,
                                          "sam2_checkpoint": args.sam2_checkpoint, "amp": run.amp,
                                          "compile": args.compile, "chunk_size": args.chunk_size})
-    scheduler = PairScheduler(engine, open_image, run.pair_batch_size, run.num_workers)
-    scores = sam2_scores(scheduler, parts, data, args.score, args.chunk_size, run)
+    samples = {str(s.image_path): s for s in queries + gallery}
+    scheduler = PairScheduler(engine, lambda image_id: samples[image_id].load_image(), run.pair_batch_size,
+                              run.num_workers)
+    scores = sam2_scores(scheduler, parts, queries, gallery, args.score, args.chunk_size, run)
     passes = sum_across_ranks(engine.encoder_passes)
     if not run.is_main:
         return {}
@@ -151,19 +165,21 @@ def main(args) -> dict:
     positives = np.array(data["query_labels"])[:, None] == np.array(data["gallery_labels"])[None, :]
     metrics = {**retrieval_metrics(scores, positives), "score": args.score, **counts}
     rows = [metric_row(f"SAM2 ({args.score})", metrics, COLUMNS)]
-    if args.dinov2:
+    if args.dinov2:  # the same inputs as SAM2 (PDM's crops by default)
         model = dinov2.load_dinov2(args.dinov2, run.device, run.amp)
-        features = [dinov2.embed_images(model, [lambda p=p: open_image(p) for p in data[name]], args.dinov2_resolution,
-                                        args.dinov2_preprocess, args.dinov2_batch_size, run.amp, desc=f"DINOv2 {name}")
-                    for name in ("query_paths", "gallery_paths")]
+        features = [dinov2.embed_images(model, [s.load_image for s in side], args.dinov2_resolution,
+                                        args.dinov2_preprocess, args.dinov2_batch_size, run.amp, desc=f"DINOv2 {name}",
+                                        num_workers=run.num_workers)
+                    for name, side in (("queries", queries), ("gallery", gallery))]
         baseline = features[0] @ features[1].T
         save_npy(output_dir / "dinov2_scores.npy", baseline)
         metrics["dinov2"] = retrieval_metrics(baseline, positives)
         rows.insert(0, metric_row("DINOv2 CLS", metrics["dinov2"], COLUMNS))
     if args.visualize:
-        visualize_permir(output_dir, data, scores, positives, args.visualize)
+        visualize_permir(output_dir, queries, gallery, data["query_labels"], scores, positives, args.visualize)
     table = format_table(["PerMIR", "mAP", "R@1", "R@5", "R@10", "R@50"], rows)
-    table += (f"\n{counts['queries']} queries x {counts['gallery_images']} gallery images, {counts['dropped_videos']} "
+    table += (f"\n{counts['queries']} queries x {counts['gallery_images']} gallery images "
+              f"({'PDM crops' if args.permirs_frames == 'pdm' else 'whole frames'}), {counts['dropped_videos']} "
               f"videos dropped (a mask under 0.5% of PDM's crop); image encoder passes: {passes} "
               f"(distinct images: {counts['queries'] + counts['gallery_images']})"
               + (f"; each of the {run.world} processes encodes the queries" if run.world > 1 else ""))

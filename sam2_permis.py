@@ -6,25 +6,27 @@
 
 Each object's reference image and mask are frame 0 of a pseudo-video (k shots: frames 0..k-1) and
 each target image is its last frame; the mask SAM2 propagates to the target is the segmentation.
-Prints a per-object table with mIoU and bIoU as the official protocols measure them and writes
-<output_dir>/metrics.json (`miou`, `biou` in percent, `per_object`). Episodes go in chunks
-(--chunk_size), each saved when done (<output_dir>/parts/): a killed run resumes, and under
-torchrun the chunks are split across processes. --save_masks writes
-<output_dir>/masks/<object>/<image>.png (0/255), --visualize N overlays of the first N targets per
-object in <output_dir>/vis/. Needs only a SAM2 checkpoint (checkpoints/download_ckpts.sh); no
-later step reads its outputs. Your own photos: search_photos.py.
+PerMIS frames are given to SAM2 as PDM gives them to its model, cut and resized to 512 x 512
+(--permirs_frames pdm; `full`: whole frames). Prints a per-object table with mIoU and bIoU as the
+official protocols measure them (utils/benchmarks.py) and writes <output_dir>/metrics.json (`miou`,
+`biou` in percent, `per_object`). Episodes go in chunks (--chunk_size), each saved when done
+(<output_dir>/parts/): a killed run resumes, and under torchrun the chunks are split across
+processes. --save_masks writes <output_dir>/masks/<object>/<image>.png (0/255) for every image of
+an object, its references included (their prompt masks), as PerSAM's `eval_miou.py` reads a
+prediction folder; for PerMIS the 512 x 512 masks the metric compares. --visualize N: overlays
+of the first N targets per object in <output_dir>/vis/. Needs only a SAM2 checkpoint
+(checkpoints/download_ckpts.sh); no later step reads its outputs. Your own photos: search_photos.py.
 """
 from pathlib import Path
 
 import numpy as np
-from utils.cli import (CliParser, add_dataset_args, add_output_args, add_sam2_args, add_visualize_arg, data_path,
-                       finish, format_table, run_cli, setup)
+from utils.benchmarks import BENCHMARKS, names
+from utils.cli import (CliParser, add_dataset_args, add_output_args, add_permirs_frames_arg, add_sam2_args,
+                       add_visualize_arg, data_path, finish, format_table, run_cli, setup)
 from utils.dist import barrier, unfinished_share
 from utils.errors import check_positive
 from utils.io import Parts, save_png
-from utils.loaders.perseg import load_perseg
-from utils.loaders.permirs import load_permirs_videos, permis_episodes
-from utils.metrics import MaskCounts, global_iou, mask_counts, perseg_miou, ratio
+from utils.metrics import MaskCounts, mask_counts, ratio
 from utils.pair_scoring import PairScheduler, ReferenceFrame, score_in_parts
 from utils.pseudo_video import Prompt, PseudoVideo
 from utils.sam2_model import build_sam2_model
@@ -33,7 +35,8 @@ from utils.vis import overlay
 
 def get_args_parser() -> CliParser:
     parser = CliParser(__doc__)
-    add_dataset_args(parser, ["perseg", "permis"])
+    add_dataset_args(parser, names("segmentation"))
+    add_permirs_frames_arg(parser)
     add_sam2_args(parser)
     parser.add_argument("--ref_idx", default="00", help="PerSeg: name of the reference image")
     parser.add_argument("--shots", type=int, default=1, help="reference images per object")
@@ -47,8 +50,14 @@ def get_args_parser() -> CliParser:
 def segment(scheduler: PairScheduler, parts: Parts, chunks: list, chunk_ids: list[int],
             output_dir: Path, save_masks: bool, visualize: int) -> None:
     """Segment the targets of the episodes of chunks `chunk_ids` and save each chunk's per-target
-    `MaskCounts` (utils/metrics.py) as its part's records; write masks and overlays if asked."""
+    `MaskCounts` (utils/metrics.py) as its part's records; write masks (the references' too:
+    their prompts) and overlays if asked."""
     episodes = {e.name: e for c in chunk_ids for e in chunks[c]}
+    if save_masks:
+        for episode in episodes.values():
+            for reference in episode.references:
+                save_png(output_dir / "masks" / episode.name / f"{reference.image_path.stem}.png",
+                         reference.mask.astype(np.uint8) * 255)
     references = {name: [ReferenceFrame(str(r.image_path), Prompt(mask=r.mask)) for r in e.references]
                   for name, e in episodes.items()}
     targets = {(e.name, str(t.image_path)): (i, t) for e in episodes.values() for i, t in enumerate(e.targets)}
@@ -78,8 +87,9 @@ def counts_per_object(parts: Parts, chunks: list) -> dict[str, MaskCounts]:
     return counts
 
 
-def benchmark_metrics(dataset: str, counts: dict[str, MaskCounts], skipped: int, shots: int) -> tuple[dict, str]:
-    aggregate = perseg_miou if dataset == "perseg" else global_iou
+def benchmark_metrics(dataset: str, counts: dict[str, MaskCounts], skipped: int, shots: int,
+                      frames: str) -> tuple[dict, str]:
+    aggregate = BENCHMARKS[dataset].aggregate
     per_object = {name: {"iou": 100 * ratio(c.intersection, c.union),
                          "biou": 100 * ratio(c.boundary_intersection, c.boundary_union), "targets": c.targets}
                   for name, c in counts.items()}
@@ -92,7 +102,9 @@ def benchmark_metrics(dataset: str, counts: dict[str, MaskCounts], skipped: int,
         "skipped_targets": skipped,
         "shots": shots,
     }
-    if dataset == "permis":  # not the protocol's number: IoU on the whole frames
+    if dataset == "permis":
+        metrics["permirs_frames"] = frames
+    if dataset == "permis" and frames == "full":  # not the protocol's number: IoU on the whole frames
         metrics["miou_full_frame"] = 100 * aggregate({name: (c.frame_intersection, c.frame_union)
                                                       for name, c in counts.items()})
     rows = [[name, m["targets"], m["iou"], m["biou"]] for name, m in per_object.items()]
@@ -107,13 +119,11 @@ def main(args) -> dict:
     check_positive(args.chunk_size, "--chunk_size")
     run = setup(args)
     output_dir, root = Path(args.output_dir), data_path(args)
-    if args.dataset_file == "perseg":
-        episodes, skipped = load_perseg(root, args.ref_idx, args.shots), 0
-    else:
-        episodes, skipped = permis_episodes(load_permirs_videos(root), args.shots)
+    episodes, skipped = BENCHMARKS[args.dataset_file].episodes(root, args.shots, args.ref_idx, args.permirs_frames)
     chunks = [episodes[i:i + args.chunk_size] for i in range(0, len(episodes), args.chunk_size)]
     parts = Parts(output_dir / "parts", {"dataset": args.dataset_file, "data_path": str(root), "shots": args.shots,
-                                         "ref_idx": args.ref_idx, "sam2_cfg": args.sam2_cfg,
+                                         "ref_idx": args.ref_idx, "permirs_frames": args.permirs_frames,
+                                         "sam2_cfg": args.sam2_cfg,
                                          "sam2_checkpoint": args.sam2_checkpoint, "amp": run.amp,
                                          "compile": args.compile, "chunk_size": args.chunk_size,
                                          "save_masks": args.save_masks, "visualize": args.visualize})
@@ -127,8 +137,9 @@ def main(args) -> dict:
     barrier()
     if not run.is_main:
         return {}
-    return finish(args, *benchmark_metrics(args.dataset_file, counts_per_object(parts, chunks), skipped, args.shots),
-                  run)
+    metrics, table = benchmark_metrics(args.dataset_file, counts_per_object(parts, chunks), skipped, args.shots,
+                                       args.permirs_frames)
+    return finish(args, metrics, table, run)
 
 
 if __name__ == "__main__":

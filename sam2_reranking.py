@@ -28,7 +28,7 @@ from utils.ilias_store import (extracted_size, image_file, load_topk, object_id,
 from utils.io import Parts, save_npy, save_png
 from utils.metrics import ilias_metrics
 from utils.pair_scoring import PairScheduler, ReferenceFrame, chunk_scores, score_in_parts
-from utils.pseudo_video import SCORES, Prompt, PseudoVideo
+from utils.pseudo_video import QUERY_PROMPTS, SCORES, PseudoVideo, query_prompt
 from utils.sam2_model import build_sam2_model
 from utils.score_head import load_head
 from utils.vis import ranking_strip, stack_rows, with_box
@@ -44,7 +44,8 @@ def get_args_parser() -> CliParser:
     parser.add_argument("--topk_dir", default="outputs/ilias")
     parser.add_argument("--features_dir", default="outputs/ilias/features")
     parser.add_argument("--images_dir", default="outputs/ilias/images")
-    parser.add_argument("--query_prompt", choices=["box", "box_mask"], default="box")
+    parser.add_argument("--query_prompt", choices=QUERY_PROMPTS, default="box",
+                        help="the whole query image with its box, or with the box filled as a mask (as training)")
     parser.add_argument("--score", choices=SCORES, default="iou")
     parser.add_argument("--head_checkpoint", default=None, help="score head from train_revisitop.py")
     parser.add_argument("--chunk_size", type=int, default=512, help="candidate images per saved part")
@@ -96,7 +97,7 @@ def query_references(images: IliasImages, boxes: list, prompt: str) -> dict:
     for q, query_boxes in enumerate(boxes):
         height, width = images.size(images.query(q))
         box = union_box(query_boxes, width, height)
-        references[q] = [ReferenceFrame(images.query(q), Prompt(box=box, box_as_mask=prompt == "box_mask"))]
+        references[q] = [ReferenceFrame(images.query(q), query_prompt(box, prompt))]
     return references
 
 
@@ -158,7 +159,7 @@ def main(args) -> dict:
 
     model = build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, run.device)
     if args.head_checkpoint:
-        load_head(model, args.head_checkpoint)
+        load_head(model, args.head_checkpoint, args.score, args.query_prompt)
     engine = PseudoVideo(model, run.amp, args.compile, run.pair_batch_size)
     parts = Parts(output_dir / "parts", {"rerank_depth": depth, "query_prompt": args.query_prompt,
                                          "sam2_cfg": args.sam2_cfg, "sam2_checkpoint": args.sam2_checkpoint,

@@ -20,12 +20,10 @@ from pathlib import Path
 
 from utils.cli import (CliParser, add_dinov2_args, add_output_args, add_sam2_args, add_visualize_arg, finish,
                        format_table, run_cli, setup)
-from utils.dinov2 import load_dinov2
 from utils.errors import check_positive
 from utils.loaders.custom import load_custom
-from utils.photo_search import Models, SearchOptions, search
-from utils.pseudo_video import SCORES, PseudoVideo
-from utils.sam2_model import build_sam2_model
+from utils.photo_search import SearchOptions, load_models, search
+from utils.pseudo_video import SCORES
 
 
 def get_args_parser() -> CliParser:
@@ -41,14 +39,6 @@ def get_args_parser() -> CliParser:
     add_visualize_arg(parser, "each object: its references and its N best photos, masks overlaid")
     add_output_args(parser, "outputs/search")
     return parser
-
-
-def load_models(sam2_cfg: str, sam2_checkpoint: str, compiled: bool, dinov2: str | None, run) -> Models:
-    engine = PseudoVideo(build_sam2_model(sam2_cfg, sam2_checkpoint, run.device), run.amp, compiled,
-                         run.pair_batch_size)
-    return Models(engine, {"sam2_cfg": sam2_cfg, "sam2_checkpoint": sam2_checkpoint, "amp": run.amp,
-                           "compile": compiled},
-                  load_dinov2(dinov2, run.device, run.amp) if dinov2 else None, dinov2)
 
 
 def summary_table(summary: dict, score: str, output_dir: Path) -> str:

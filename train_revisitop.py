@@ -30,7 +30,7 @@ from utils.loaders.uned import DOMAINS, load_uned
 from utils.loops import batched, progress
 from utils.metrics import revisitop_map, revisitop_protocol
 from utils.pair_scoring import PairScheduler, ReferenceFrame
-from utils.pseudo_video import SCORES, Prompt, PseudoVideo
+from utils.pseudo_video import QUERY_PROMPTS, SCORES, Prompt, PseudoVideo, query_prompt
 from utils.sam2_model import build_sam2_model
 from utils.score_head import head_record, head_tensors, resume, save_epoch
 from utils.training import TripletData, TripletSampler, lazy_triplet_losses, split_classes
@@ -45,6 +45,9 @@ def get_args_parser() -> CliParser:
     parser.add_argument("--uned_split", default="train")
     add_sam2_args(parser, "pairs per SAM2 forward (a step has triplets_per_step x (1 + num_negatives) pairs)")
     parser.add_argument("--score", choices=SCORES, default="iou")
+    parser.add_argument("--query_prompt", choices=QUERY_PROMPTS, default="box",
+                        help="how an anchor shows its object, as sam2_reranking.py --query_prompt: its box, or its "
+                             "box filled as a mask")
     parser.add_argument("--margin", type=float, default=0.5)
     parser.add_argument("--num_negatives", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=10)
@@ -68,19 +71,20 @@ def load_data(dataset: str, root: Path, uned_domains: list[str], uned_split: str
 
 
 class TripletScorer:
-    """SAM2 scores of (anchor, target) items through the pair scheduler: the anchor prompted with
-    its box, else its whole image as the box. Each call encodes each of its images once (items of
-    one file share an image id) and builds each anchor's memory once."""
+    """SAM2 scores of (anchor, target) items through the pair scheduler: the anchor prompted as a
+    query is at re-ranking (`query_prompt`) with its box, else with its whole image as the box.
+    Each call encodes each of its images once (items of one file share an image id) and builds
+    each anchor's memory once."""
 
-    def __init__(self, scheduler: PairScheduler, data: TripletData, score: str):
-        self.scheduler, self.data, self.score = scheduler, data, score
+    def __init__(self, scheduler: PairScheduler, data: TripletData, score: str, prompt: str = "box"):
+        self.scheduler, self.data, self.score, self.query_prompt = scheduler, data, score, prompt
 
     def prompt(self, anchor: int) -> Prompt:
         item = self.data.items[anchor]
         if item.box is not None:
-            return Prompt(box=item.box)
+            return query_prompt(item.box, self.query_prompt)
         height, width = image_size(item.path)
-        return Prompt(box=(0, 0, width, height))
+        return query_prompt((0, 0, width, height), self.query_prompt)
 
     def __call__(self, pairs: list[tuple[int, int]], grad: bool = False) -> torch.Tensor:
         path = lambda index: str(self.data.items[index].path)
@@ -155,7 +159,8 @@ def validate(scorer: TripletScorer, triplets, tasks, triplets_per_step: int, run
     for protocol in rankings:
         width = max(len(r) for r in rankings[protocol])
         padded = np.array([np.r_[r, np.full(width - len(r), -1)] for r in rankings[protocol]])
-        results[f"map_{protocol}"] = 100 * revisitop_map(padded, ground_truths[protocol])[0]
+        mean_ap = revisitop_map(padded, ground_truths[protocol])[0]
+        results[f"map_{protocol}"] = None if mean_ap is None else 100 * mean_ap  # None: no query has a positive
     results["map"] = results.get("map_medium", results.get("map_all"))
     return results
 
@@ -185,9 +190,11 @@ def main(args) -> dict:
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(list(head.values()), lr=args.lr, weight_decay=args.weight_decay)
     output_dir = Path(args.output_dir)
-    first_epoch, history = resume(output_dir, model, optimizer, args.score, run.is_main) if args.resume else (1, [])
+    first_epoch, history = resume(output_dir, model, optimizer, args.score, args.query_prompt,
+                                                       run.is_main) if args.resume else (1, [])
     engine = PseudoVideo(model, run.amp, args.compile, run.pair_batch_size)
-    scorer = TripletScorer(PairScheduler(engine, open_image, run.pair_batch_size, run.num_workers), data, args.score)
+    scorer = TripletScorer(PairScheduler(engine, open_image, run.pair_batch_size, run.num_workers), data, args.score,
+                           args.query_prompt)
     val_triplets, val_tasks = validation_sets(data, val, args.val_anchors, args.num_negatives, args.val_negatives,
                                               args.seed) if val.anchors else ([], [])
     record = run_record(args, run)
@@ -202,8 +209,8 @@ def main(args) -> dict:
             results.update(validate(scorer, val_triplets, val_tasks, args.triplets_per_step, run))
         history.append(results)
         if run.is_main:
-            save_epoch(output_dir, head_record(model, args.score, args.sam2_cfg, epoch, results, record), history,
-                       optimizer)
+            save_epoch(output_dir, head_record(model, args.score, args.query_prompt, args.sam2_cfg, epoch, results,
+                                               record), history, optimizer)
     if not run.is_main:
         return {}
 
@@ -212,8 +219,9 @@ def main(args) -> dict:
     if not val.anchors:
         table += f"\nno validation (--val_fraction 0): the last head -> {output_dir / 'head_last.pt'}"
         return finish(args, {"history": history}, table, run)
-    best = max(history, key=lambda h: h["map"])
-    table += f"\nbest epoch {best['epoch']} (held-out mAP {best['map']:.2f}) -> {output_dir / 'head_best.pt'}"
+    best = max(history, key=lambda h: -1.0 if h["map"] is None else h["map"])
+    held_out = "n/a" if best["map"] is None else f"{best['map']:.2f}"
+    table += f"\nbest epoch {best['epoch']} (held-out mAP {held_out}) -> {output_dir / 'head_best.pt'}"
     return finish(args, {"history": history, "best_epoch": best["epoch"], "best": best}, table, run)
 
 

@@ -65,10 +65,11 @@ def permirs_root(tmp_path_factory):
     return write_permirs(tmp_path_factory.mktemp("permirs"), tiny_target_video=2)
 
 
-def run_script(script: str, *args, cwd=None):
-    """Run a top-level script as a user would; returns the CompletedProcess."""
+def run_script(script: str, *args, cwd=None, env=None):
+    """Run a top-level script as a user would (with `env` added to the environment); returns the
+    CompletedProcess."""
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +92,31 @@ def ilias(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ilias")
     return root, make_ilias(root)
+
+
+ILIAS_TOPK, ILIAS_RERANK_DEPTH = 21, 5  # K and k of the stage-1 fixture
+
+
+@pytest.fixture(scope="session")
+def stage1(ilias, features, tmp_path_factory):
+    """Top-21 lists of the ILIAS fixture and the images its re-ranking to depth 5 reads (queries,
+    db, needed distractors)."""
+    import extract_candidates
+    import extract_images
+    import topk_candidates_ilias
+    from ilias_data import source_args
+
+    root, info = ilias
+    out = tmp_path_factory.mktemp("stage1")
+    topk_candidates_ilias.main(topk_candidates_ilias.get_args_parser().parse_args(
+        ["--features_dir", str(features), "--output_dir", str(out), "--topk", str(ILIAS_TOPK)]))
+    images = out / "images"
+    extract_images.main(extract_images.get_args_parser().parse_args(
+        [*source_args(root, info), "--images_dir", str(images), "--output_dir", str(out / "extract_images")]))
+    extract_candidates.main(extract_candidates.get_args_parser().parse_args(
+        [*source_args(root, info), "--rerank_depth", str(ILIAS_RERANK_DEPTH), "--topk_dir", str(out),
+         "--features_dir", str(features), "--images_dir", str(images), "--output_dir", str(out / "extract_candidates")]))
+    return out
 
 
 @pytest.fixture(scope="session")

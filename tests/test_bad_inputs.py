@@ -158,6 +158,8 @@ CASES = {  # case -> (make the script and its argv from the shared context and a
     "permis: yaml not a SAM2 config": (lambda c, t: segmentation("perseg", perseg(), "--sam2_cfg", c["other_yaml"])(c, t), "--sam2_cfg"),
     "permis: shots too large": (segmentation("perseg", perseg(), "--shots", 4), "--shots"),
     "permis: output folder not writable": (lambda c, t: segmentation("perseg", perseg(), "--output_dir", c["a_file"] / "out")(c, t), "--output_dir"),
+    "permis: --device cuda without CUDA": (segmentation("perseg", perseg(), "--device", "cuda"), "--device cuda"),
+    "permis: negative number of decoding workers": (segmentation("perseg", perseg(), "--num_workers", -1), "--num_workers"),
     "permis: negative pair batch size": (segmentation("perseg", perseg(), "--pair_batch_size", 0), "--pair_batch_size"),
     "permis: video without a frame": (segmentation("permis", permirs(lambda v: (v / "1.jpg").unlink())), "1.jpg"),
     "permis: video without masks": (segmentation("permis", permirs(lambda v: (v / "masks.npz.npy").unlink())), "masks.npz.npy"),

@@ -7,9 +7,11 @@ from conftest import run_script
 
 def test_bench_quick_on_tiny_models(tiny_sam2, tiny_dinov2, tmp_path):
     cfg, _ = tiny_sam2
+    # the compile suite's code runs, its compiler does not (test_feed_and_compile.py tests that)
     result = run_script("bench.py", "--quick", "--sam2_cfg", cfg, "--dinov2", tiny_dinov2,
                         "--image_size", 72, 96, "--topk_database", 3000, "--topk_shard", 500,
-                        "--topk_queries", 12, "--device", "cpu", "--output_dir", tmp_path)
+                        "--topk_queries", 12, "--index_photos", 40, "--device", "cpu", "--output_dir", tmp_path,
+                        env={"TORCHDYNAMO_DISABLE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "metrics.json").read_text())
     assert not (tmp_path / "bench_results.json").exists()  # one file: metrics.json
@@ -31,3 +33,17 @@ def test_bench_quick_on_tiny_models(tiny_sam2, tiny_dinov2, tmp_path):
     assert photos["fp32_all_pairs"]["encoder_passes"] == 6 + 4 and photos["fp32_all_pairs"]["sam2_pairs"] == 2 * 6
     assert photos["fp32_shortlist"]["sam2_pairs"] == 2 * 2 and photos["fp32_shortlist"]["encoder_passes"] <= 4 + 4
     assert "k_candidates" in result.stdout and "top-K" in result.stdout
+    machine = results["machine"]  # what it ran on, and how far from that machine's peak
+    assert machine["cpu"] and machine["peak_fp32_flops"] > 0 and machine["peak_bf16_flops"] > 0
+    assert results["flops"]["encode"] > 0 and results["flops"]["pair"] > 0 and "of peak" in result.stdout
+    feed = results["feed"]  # images/s delivered with 0 .. cores decoding workers, beside the encode rate
+    for name in ("scene", "photo"):
+        assert list(feed[name]["images_per_s"]) == [str(w) for w in range(machine["cores"] + 1)]
+        assert all(rate > 0 for rate in feed[name]["images_per_s"].values())
+    assert feed["encode_images_per_s"]["fp32"] > 0
+    index = results["photo_index"]  # the photo index: built once, then reused, then only the new photos embedded
+    assert index["first"]["added"] == 40 and index["second"] == {**index["second"], "added": 0, "kept": 40}
+    assert index["after_adding_1_percent"]["added"] == 1 and index["projection_100k"]["first_search_s"] > 0
+    for precision in ("fp32", "amp"):  # compile: seconds, steady times, speed-ups
+        row = results["compile"][precision]
+        assert row["t_encode_s"] > 0 and row["t_pair_s"] > 0 and "compile_s" in row and row["encode_speedup"] > 0

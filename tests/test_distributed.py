@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -193,7 +192,7 @@ def test_training_two_processes_equal_one(tiny_sam2, tmp_path):
     scores = []
     for folder in (one, two):
         model = build_sam2_model(str(tiny_sam2[0]), str(tiny_sam2[1]))
-        load_head(model, str(folder / "head_last.pt"))
+        load_head(model, str(folder / "head_last.pt"), "iou", "box")
         images = sorted((data / "roxford5k" / "jpg").glob("*.jpg"))[:4]
         references = {"a": [ReferenceFrame(str(images[0]), Prompt(box=(5, 5, 60, 50)))]}
         scheduler = PairScheduler(PseudoVideo(model), open_image, 1)

@@ -13,6 +13,7 @@ import torch
 from conftest import REPO, write_permirs
 from ilias_data import make_ilias, source_args
 from train_data import write_revisitop
+from utils.synthetic import write_custom
 
 # the same thread count everywhere: float sums in another order would differ in the last bit
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -109,12 +110,34 @@ def test_candidate_extraction_and_reranking(ilias, features, tiny_sam2, tmp_path
                   ignore=("metrics.json",))
 
 
-def test_permir_cache(tiny_sam2, tmp_path):
+def test_permir_cache_and_parts(tiny_sam2, tmp_path):
     data = write_permirs(tmp_path / "permirs", num_videos=4)
     cfg, ckpt = tiny_sam2
-    base = ["--dataset_file", "permir", "--data_path", data, "--sam2_cfg", cfg, "--sam2_checkpoint", ckpt, "--device", "cpu"]
+    base = ["--dataset_file", "permir", "--data_path", data, "--sam2_cfg", cfg, "--sam2_checkpoint", ckpt, "--device", "cpu",
+            "--chunk_size", 2]
     check_resumes(lambda out: command("sam2_permir_obj_scores.py", *base, "--output_dir", out), lambda out: out,
-                  lambda out: out / "permir_data.pt", tmp_path, ignore=("metrics.json",))
+                  lambda out: out / "permir_data.pt", tmp_path / "cache")
+    check_resumes(lambda out: command("sam2_permir_obj_scores.py", *base, "--output_dir", out), lambda out: out,
+                  lambda out: out / "parts" / "chunk_00000.npz", tmp_path / "parts")
+
+
+def test_segmentation(tiny_sam2, perseg_root, tmp_path):
+    cfg, ckpt = tiny_sam2
+    check_resumes(lambda out: command("sam2_permis.py", "--dataset_file", "perseg", "--data_path", perseg_root,
+                                      "--sam2_cfg", cfg, "--sam2_checkpoint", ckpt, "--device", "cpu", "--chunk_size", 1,
+                                      "--save_masks", "--output_dir", out),
+                  lambda out: out, lambda out: out / "parts" / "chunk_00000.npz", tmp_path)
+
+
+def test_photo_search(tiny_sam2, tiny_dinov2, tmp_path):
+    photos = tmp_path / "photos"
+    write_custom(photos, num_objects=2, num_images=8, seed=2, size=(72, 96))
+    cfg, ckpt = tiny_sam2
+    check_resumes(lambda out: command("search_photos.py", "--data_path", photos, "--sam2_cfg", cfg, "--sam2_checkpoint",
+                                      ckpt, "--device", "cpu", "--chunk_size", 2, "--dinov2", tiny_dinov2,
+                                      "--dinov2_resolution", 56, "--shortlist", 6, "--index_dir", out / "index",
+                                      "--output_dir", out / "search"),
+                  lambda out: out, lambda out: out / "search" / "parts" / "chunk_00000.npz", tmp_path)
 
 
 def test_training_resume(tiny_sam2, tmp_path):

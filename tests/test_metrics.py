@@ -103,6 +103,9 @@ def test_revisitop_map_protocols_by_hand():
     both, aps = compute_map(np.vstack([ranks, ranks]), [revisitop_protocol(easy, hard, junk, "hard"),
                                                         {"ok": [], "junk": []}])
     assert both == pytest.approx(hard_map) and np.isnan(aps[1])
+    # no query with a positive: no number (the official code divides by zero there)
+    none, aps = compute_map(ranks, [{"ok": [], "junk": [5]}])
+    assert none is None and np.isnan(aps).all()
 
 
 def test_pdm_crop_box_by_hand():

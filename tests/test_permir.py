@@ -1,18 +1,19 @@
 """sam2_permir_obj_scores.py end to end on a generated PerMIRS folder with a shrunk random SAM2."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.metrics import average_precision_score
 
 import sam2_permir_obj_scores as permir
-from conftest import run_script, write_permirs
+from conftest import write_permirs
+from utils import dinov2
 from utils.errors import UserError
-from PIL import Image
-
 from utils.io import unpack_masks
-from utils.metrics import pdm_crop_fraction
+from utils.metrics import pdm_crop, pdm_crop_box, pdm_crop_fraction
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,10 @@ def run_main(tiny_sam2, root, output_dir, *extra):
     return permir.main(permir.get_args_parser().parse_args(argv))
 
 
-def test_end_to_end(tiny_sam2, tiny_dinov2, permir_root, tmp_path, capsys):
+def test_end_to_end(tiny_sam2, tiny_dinov2, permir_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
+    embedded_sizes, preprocess = set(), dinov2.preprocess
+    monkeypatch.setattr(dinov2, "preprocess", lambda image, *a: embedded_sizes.add(image.size) or preprocess(image, *a))
     metrics = run_main(tiny_sam2, permir_root, out, "--dinov2", tiny_dinov2, "--visualize", 2)
     printed = capsys.readouterr().out
     data = torch.load(out / "permir_data.pt", weights_only=True)
@@ -57,18 +60,40 @@ def test_end_to_end(tiny_sam2, tiny_dinov2, permir_root, tmp_path, capsys):
     assert metrics["run"]["encoder_passes"] == 3 + 6
     assert "image encoder passes: 9 (distinct images: 9)" in printed
 
-    # the query is each video's frame with the largest mask on PDM's crop, its mask the prompt
-    for path, label, mask in zip(data["query_paths"], data["query_labels"], unpack_masks(data["query_masks"])):
+    # the query is each video's frame with the largest mask on PDM's crop, its mask (cut and
+    # resized as its frame, PDM's input) the prompt; every frame is given as PDM's 512 x 512 crop
+    assert data["frames"] == metrics["permirs_frames"] == "pdm"
+    for path, label, mask, box in zip(data["query_paths"], data["query_labels"], unpack_masks(data["query_masks"]),
+                                      data["query_boxes"]):
         frame_masks = [next(iter(m.values())) for m in
                        np.load(permir_root / label / "masks.npz.npy", allow_pickle=True)]
         best = int(np.argmax([pdm_crop_fraction(m) for m in frame_masks]))
-        assert path.endswith(f"{label}/{best}.jpg") and np.array_equal(mask, frame_masks[best])
+        assert path.endswith(f"{label}/{best}.jpg") and tuple(box) == pdm_crop_box(frame_masks[best])
+        assert mask.shape == (512, 512) and np.array_equal(mask, pdm_crop(frame_masks[best], tuple(box)))
+    for path, box in zip(data["gallery_paths"], data["gallery_boxes"]):
+        label, frame = Path(path).parent.name, int(Path(path).stem)
+        frame_mask = next(iter(np.load(permir_root / label / "masks.npz.npy", allow_pickle=True)[frame].values()))
+        assert tuple(box) == pdm_crop_box(frame_mask)  # each frame cut by its own mask
+    assert embedded_sizes == {(512, 512)}  # the DINOv2 baseline sees the crops too
 
     baseline = np.load(out / "dinov2_scores.npy")
     assert baseline.shape == (3, 6) and "DINOv2 CLS" in printed
     assert metrics["dinov2"]["map"] == pytest.approx(
         100 * np.mean([average_precision_score(p, s) for p, s in zip(positives, baseline)]))
     assert len(list((out / "vis").glob("query_*.png"))) == 2
+
+
+def test_whole_frames_on_request(tiny_sam2, permir_root, tmp_path):
+    """--permirs_frames full: the queries' masks and the frames as they are (the same split)."""
+    metrics = run_main(tiny_sam2, permir_root, tmp_path / "full", "--permirs_frames", "full")
+    data = torch.load(tmp_path / "full" / "permir_data.pt", weights_only=True)
+    assert metrics["permirs_frames"] == data["frames"] == "full"
+    assert all(box is None for box in data["query_boxes"] + data["gallery_boxes"])
+    for path, mask in zip(data["query_paths"], unpack_masks(data["query_masks"])):
+        masks = np.load(Path(path).parent / "masks.npz.npy", allow_pickle=True)
+        assert np.array_equal(mask, next(iter(masks[int(Path(path).stem)].values())))
+    with pytest.raises(UserError, match="--permirs_frames full"):  # a cache of the other inputs is refused
+        run_main(tiny_sam2, permir_root, tmp_path / "full", "--stage", "retrieve")
 
 
 def test_cache_then_retrieve_equals_all(tiny_sam2, permir_root, tmp_path):
@@ -105,5 +130,5 @@ def test_query_is_chosen_on_pdm_crop_not_on_the_frame(tmp_path):
         write_jpeg(video / f"{f}.jpg", Image.new("RGB", (1280, 720), (90, 90, 90)))
     np.save(video / "masks.npz.npy", np.array(masks, dtype=object), allow_pickle=True)
     split, dropped = permir_split(load_permirs_videos(tmp_path / "data"))
-    assert dropped == 0 and split.query_paths == [video / "1.jpg"]
-    assert split.gallery_paths == [video / "0.jpg", video / "2.jpg"]
+    assert dropped == 0 and [q.image_path for q in split.queries] == [video / "1.jpg"]
+    assert [g.image_path for g in split.gallery] == [video / "0.jpg", video / "2.jpg"]

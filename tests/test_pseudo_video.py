@@ -196,8 +196,7 @@ def test_equivalence_check_detects_drift(models, frames_dir, tmp_path, monkeypat
 
     def bilinear_frame(image, image_size, image_id=None):
         resized = image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(resized) / 255.0).permute(2, 0, 1).float()
-        return pv.Frame((pixels - pv.IMG_MEAN) / pv.IMG_STD, image.height, image.width, image_id)
+        return pv.Frame(torch.from_numpy(np.array(resized)).permute(2, 0, 1), image.height, image.width, image_id)
 
     with monkeypatch.context() as patch:
         patch.setattr(pv, "prepare_frame", bilinear_frame)

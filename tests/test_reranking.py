@@ -6,35 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-import extract_candidates
-import extract_images
 import sam2_reranking
-import topk_candidates_ilias
-from conftest import run_one_and_two_processes
-from ilias_data import ilias_map_by_definition, source_args
+from conftest import ILIAS_RERANK_DEPTH, ILIAS_TOPK, run_one_and_two_processes
+from ilias_data import ilias_map_by_definition
 from utils.errors import UserError
 from utils.ilias_store import open_extracted, union_box
 from utils.pseudo_video import Prompt, PseudoVideo
 from utils.sam2_model import build_sam2_model
 from utils.score_head import architecture_signature, head_tensors
 
-K_WIDTH, K = 21, 5
-
-
-@pytest.fixture(scope="module")
-def stage1(ilias, features, tmp_path_factory):
-    """Top-21 lists and the images re-ranking reads (queries, db, needed distractors)."""
-    root, info = ilias
-    out = tmp_path_factory.mktemp("stage1")
-    topk_candidates_ilias.main(topk_candidates_ilias.get_args_parser().parse_args(
-        ["--features_dir", str(features), "--output_dir", str(out), "--topk", str(K_WIDTH)]))
-    images = out / "images"
-    extract_images.main(extract_images.get_args_parser().parse_args(
-        [*source_args(root, info), "--images_dir", str(images), "--output_dir", str(out / "extract_images")]))
-    extract_candidates.main(extract_candidates.get_args_parser().parse_args(
-        [*source_args(root, info), "--rerank_depth", str(K), "--topk_dir", str(out), "--features_dir", str(features),
-         "--images_dir", str(images), "--output_dir", str(out / "extract_candidates")]))
-    return out
+K_WIDTH, K = ILIAS_TOPK, ILIAS_RERANK_DEPTH
 
 
 def rerank_args(tiny_sam2, features, stage1, output_dir, *extra):
@@ -126,15 +107,18 @@ def saved_score(output_dir, stage1) -> float:
     return float(np.load(output_dir / "reranked_scores.npy")[0, column])
 
 
-def test_head_checkpoint_is_the_scoring_head(reranked, tiny_sam2, features, stage1, tmp_path):
+def test_head_checkpoint_is_the_scoring_head(reranked, tiny_sam2, features, stage1, tmp_path, capsys):
     cfg, ckpt = tiny_sam2
     model = build_sam2_model(str(cfg), str(ckpt))
     torch.manual_seed(1)
     head = {name: p.detach() + 0.5 * torch.randn_like(p) for name, p in head_tensors(model, "iou").items()}
     path = tmp_path / "head.pt"
     torch.save({"head": head, "architecture": architecture_signature(model), "sam2_cfg": str(cfg),
-                "score": "iou"}, path)
+                "score": "iou"}, path)  # a head from before heads recorded their query prompt
+    capsys.readouterr()
     rerank(tiny_sam2, features, stage1, tmp_path / "out", "--head_checkpoint", path)
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert len(warned) == 1 and "query_prompt" in warned[0] and "assumed --query_prompt box" in warned[0]
     model.load_state_dict(head, strict=False)
     assert saved_score(tmp_path / "out", stage1) == pytest.approx(first_pair_score(model, features, stage1, "box"),
                                                                   abs=1e-5)
@@ -143,6 +127,23 @@ def test_head_checkpoint_is_the_scoring_head(reranked, tiny_sam2, features, stag
     torch.save({"head": head, "architecture": "0123456789abcdef", "sam2_cfg": "other"}, path)
     with pytest.raises(UserError, match="another SAM2 size"):
         rerank(tiny_sam2, features, stage1, tmp_path / "other", "--head_checkpoint", path)
+
+
+@pytest.mark.parametrize("trained", [{"score": "object", "query_prompt": "box"},
+                                     {"score": "iou", "query_prompt": "box_mask"}])
+def test_a_head_of_another_protocol_is_refused(trained, tiny_sam2, features, stage1, tmp_path):
+    """A head trained for another score (which --score iou would not even use) or another query
+    prompt is refused, naming both protocols."""
+    cfg, ckpt = tiny_sam2
+    model = build_sam2_model(str(cfg), str(ckpt))
+    path = tmp_path / "head.pt"
+    torch.save({"head": {n: p.detach() for n, p in head_tensors(model, trained["score"]).items()},
+                "architecture": architecture_signature(model), "sam2_cfg": str(cfg), **trained}, path)
+    with pytest.raises(UserError) as refused:
+        rerank(tiny_sam2, features, stage1, tmp_path / "out", "--head_checkpoint", path)
+    message = str(refused.value)
+    assert f"--score {trained['score']} --query_prompt {trained['query_prompt']}" in message
+    assert "this run uses --score iou --query_prompt box " in message
 
 
 def test_box_mask_prompt(tiny_sam2, features, stage1, tmp_path):

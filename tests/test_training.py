@@ -13,7 +13,7 @@ from utils.loaders.revisitop import load_revisitop
 from utils.loaders.uned import load_uned
 from utils.pair_scoring import PairScheduler
 from utils.loaders.common import open_image
-from utils.pseudo_video import Prompt, PseudoVideo
+from utils.pseudo_video import PseudoVideo
 from utils.sam2_model import build_sam2_model
 from utils.score_head import load_head
 from utils.training import TripletSampler, lazy_triplet_losses, split_classes
@@ -74,13 +74,14 @@ def test_short_run_trains_only_the_head(tiny_sam2, revisitop_root, tmp_path, cap
     assert any(not torch.equal(best["head"][k], initial[k]) for k in best["head"])
     # everything else is the frozen model: loading the head changes only the head's tensors
     model = build_sam2_model(str(cfg), str(ckpt))
-    load_head(model, str(tmp_path / "head_epoch2.pt"))
+    load_head(model, str(tmp_path / "head_epoch2.pt"), "iou", "box")
     for name, tensor in model.state_dict().items():
         if name not in best["head"]:
             assert torch.equal(tensor, initial[name]), name
     # the checkpoint records its training run
     assert best["run"]["settings"]["lr"] == 1e-2 and best["run"]["settings"]["margin"] == 0.5
     assert best["run"]["settings"]["dataset_file"] == "roxford5k" and best["score"] == "iou"
+    assert best["query_prompt"] == "box"
 
 
 def test_anchors_are_prompted_as_at_inference(tiny_sam2, revisitop_root, monkeypatch):
@@ -104,6 +105,20 @@ def test_anchors_are_prompted_as_at_inference(tiny_sam2, revisitop_root, monkeyp
     assert (query_frame.height, query_frame.width) == (full.height, full.width)
     assert query_prompt.box == tuple(gnd["gnd"][0]["bbx"]) and query_prompt.mask is None
     assert db_prompt.box == (0, 0, db_frame.width, db_frame.height)
+
+
+def test_box_mask_query_prompt_is_trained_and_recorded(tiny_sam2, revisitop_root, tmp_path, monkeypatch):
+    """--query_prompt box_mask: anchors are prompted with their box filled as a mask, as
+    sam2_reranking.py --query_prompt box_mask prompts queries, and the head records it."""
+    prompts = []
+    encode_reference = PseudoVideo.encode_reference
+    monkeypatch.setattr(PseudoVideo, "encode_reference",
+                        lambda self, frames, p: prompts.extend(p) or encode_reference(self, frames, p))
+    train(tiny_sam2, "roxford5k", revisitop_root, tmp_path, "--query_prompt", "box_mask", "--epochs", "1")
+    assert prompts and all(p.box_as_mask and p.box is not None for p in prompts)
+    assert torch.load(tmp_path / "head_last.pt", weights_only=True)["query_prompt"] == "box_mask"
+    with pytest.raises(UserError, match="query_prompt box_mask"):
+        train(tiny_sam2, "roxford5k", revisitop_root, tmp_path, "--resume", "--epochs", "2")
 
 
 def test_train_on_every_class_without_validation(tiny_sam2, revisitop_root, tmp_path):

@@ -3,7 +3,7 @@ setup from the flags) and how it ends (its metric table, metrics.json with the r
 line for a user error or Ctrl-C). Library modules never import this module.
 
 One name per meaning across scripts:
-  --dataset_file, --data_path      which dataset, where (defaults in DATA_PATHS)
+  --dataset_file, --data_path      which dataset, where (defaults: utils/benchmarks.py)
   --output_dir, --seed             where results go; the seed of every random draw
   --sam2_cfg, --sam2_checkpoint    the SAM2 model; --compile (torch.compile of its modules)
   --device, --amp, --dist_timeout  this process's device; bf16 autocast (utils/amp.py); how long
@@ -25,23 +25,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from utils.benchmarks import BENCHMARKS
 from utils.dist import DEFAULT_TIMEOUT_S, Run, setup_run
 from utils.errors import UserError
 from utils.io import OutputLock, save_json
 
 REPO = Path(__file__).resolve().parents[1]
-# dataset name -> default --data_path (PerMIS and PerMIR share the PerMIRS folder)
-DATA_PATHS = {
-    "perseg": "datasets/perseg",
-    "permis": "datasets/permirs",
-    "permir": "datasets/permirs",
-    "custom": "my_photos",
-    "ilias": "datasets/ilias",
-    "roxford5k": "datasets/revisitop",
-    "rparis6k": "datasets/revisitop",
-    "revisitop": "datasets/revisitop",
-    "uned": "datasets/uned",
-}
 ILIAS_REPO = "vrg-prague/ilias"
 ILIAS_SPLITS = ("queries", "db", "distractors")
 ILIAS_SHARDS = {
@@ -66,7 +55,15 @@ class CliParser(argparse.ArgumentParser):
 def add_dataset_args(parser, datasets: list[str], default: str | None = None) -> None:
     parser.add_argument("--dataset_file", choices=datasets, default=default, required=default is None)
     parser.add_argument("--data_path", default=None,
-                        help="dataset root (default: per dataset, see utils/cli.py DATA_PATHS and datasets/*/README.md)")
+                        help="dataset root (default: per dataset, see utils/benchmarks.py and datasets/*/README.md)")
+
+
+def add_permirs_frames_arg(parser) -> None:
+    from utils.loaders.permirs import FRAMES
+
+    parser.add_argument("--permirs_frames", choices=FRAMES, default="pdm",
+                        help="PerMIS, PerMIR: what the model is given, PDM's 512 x 512 crop of each frame (the "
+                             "official protocol) or the whole frames (measured on the crops all the same)")
 
 
 def add_output_args(parser, output_dir: str) -> None:
@@ -122,7 +119,7 @@ def add_visualize_arg(parser, what: str) -> None:
 def add_ilias_source_args(parser) -> None:
     parser.add_argument("--source", choices=["hf", "local"], default="hf",
                         help="stream shards from the Hugging Face hub, or read them from --data_path")
-    parser.add_argument("--data_path", default=DATA_PATHS["ilias"],
+    parser.add_argument("--data_path", default=BENCHMARKS["ilias"].default_path,
                         help="--source local: folder holding the shards (or ilias_core/)")
     for split in ILIAS_SPLITS:
         parser.add_argument(f"--{split}_repo", default=ILIAS_REPO,
@@ -132,7 +129,7 @@ def add_ilias_source_args(parser) -> None:
 
 
 def data_path(args) -> Path:
-    return Path(args.data_path or DATA_PATHS[args.dataset_file])
+    return Path(args.data_path or BENCHMARKS[args.dataset_file].default_path)
 
 
 def setup(args, distributed: bool = True) -> Run:
@@ -145,8 +142,8 @@ def setup(args, distributed: bool = True) -> Run:
 
 
 def format_table(headers: list[str], rows: list[list]) -> str:
-    """A plain-text table; floats with 2 decimals."""
-    cells = [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    """A plain-text table; floats with 2 decimals, None (no number) as n/a."""
+    cells = [[f"{c:.2f}" if isinstance(c, float) else "n/a" if c is None else str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     line = lambda values: "  ".join(v.rjust(w) if i else v.ljust(w)
                                    for i, (v, w) in enumerate(zip(values, widths)))

@@ -14,7 +14,6 @@ distractor shards, in manifest order. Images are decoded by one rule in both sta
 (`decode_image`). Light on purpose: no `datasets`, no model code.
 """
 import io
-import json
 from pathlib import Path
 
 import numpy as np

@@ -210,12 +210,14 @@ def revisitop_average_precision(positive_ranks: np.ndarray, num_positives: int) 
     return ap
 
 
-def revisitop_map(rankings: np.ndarray, gnd: list[dict]) -> tuple[float, np.ndarray]:
+def revisitop_map(rankings: np.ndarray, gnd: list[dict]) -> tuple[float | None, np.ndarray]:
     """Revisitop mAP (revisitop `compute_map`), with the rankings one row per query (queries x
     database: the transpose of revisitop's `ranks`, which is database x queries). Each row holds
     database indices by decreasing score; `gnd[q]`: {"ok": positive indices, "junk": indices to
     ignore}. Junk images are removed from each ranking before AP; queries without positives are
-    skipped (NaN in the returned APs) and do not count in the mean. Returns (mAP, per-query APs)."""
+    skipped (NaN in the returned APs) and do not count in the mean. Returns (mAP, per-query APs);
+    the mAP is None when no query has a positive, where the official `map / (nq - nempty)`
+    divides by zero."""
     aps = np.full(len(gnd), np.nan)
     for q, (row, truth) in enumerate(zip(rankings, gnd)):
         ok, junk = np.asarray(truth["ok"]), np.asarray(truth.get("junk", []))
@@ -225,7 +227,7 @@ def revisitop_map(rankings: np.ndarray, gnd: list[dict]) -> tuple[float, np.ndar
         junk_positions = np.flatnonzero(np.isin(row, junk))
         positions = positions - np.searchsorted(junk_positions, positions)  # junk before each
         aps[q] = revisitop_average_precision(positions, len(ok))
-    return float(np.nanmean(aps)) if np.any(~np.isnan(aps)) else 0.0, aps
+    return (float(np.nanmean(aps)) if np.any(~np.isnan(aps)) else None), aps
 
 
 def revisitop_protocol(easy, hard, junk, protocol: str) -> dict:

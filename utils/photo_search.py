@@ -33,6 +33,7 @@ from utils.loaders.custom import CustomData
 from utils.pair_scoring import PairScheduler, ReferenceFrame, score_in_parts
 from utils.photo_index import PhotoIndex, photo_stats, search as index_search
 from utils.pseudo_video import PseudoVideo, presence_score
+from utils.sam2_model import build_sam2_model
 from utils.vis import overlay, ranking_strip, stack_rows, with_prompt
 
 RANKING_COLUMNS = ["object", "rank", "image", "score", "found", "dinov2_score"]
@@ -58,6 +59,15 @@ class Models:
     sam2: dict  # config, checkpoint, amp, compile
     dinov2: torch.nn.Module | None = None
     dinov2_name: str | None = None
+
+
+def load_models(sam2_cfg: str, sam2_checkpoint: str, compiled: bool, dinov2_name: str | None, run: Run) -> Models:
+    """SAM2's engine for this run, and DINOv2 if a shortlist is asked for."""
+    engine = PseudoVideo(build_sam2_model(sam2_cfg, sam2_checkpoint, run.device), run.amp, compiled,
+                         run.pair_batch_size)
+    return Models(engine, {"sam2_cfg": sam2_cfg, "sam2_checkpoint": sam2_checkpoint, "amp": run.amp,
+                           "compile": compiled},
+                  dinov2.load_dinov2(dinov2_name, run.device, run.amp) if dinov2_name else None, dinov2_name)
 
 
 def reference_crop(data: CustomData, frame: ReferenceFrame):

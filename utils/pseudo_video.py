@@ -38,21 +38,29 @@ SCORES = ("iou", "object", "iou_x_object")
 
 @dataclass(frozen=True)
 class Frame:
-    """An image ready for SAM2: pixels resized to the model's square input, and its own size."""
-    pixels: torch.Tensor  # [3, S, S] float32, normalised
+    """An image ready for SAM2: its pixels resized to the model's square input (still bytes, a
+    quarter of their float32 size to hand over from a decoding worker and copy to a GPU:
+    `normalise` finishes them on the model's device), and the image's own size."""
+    pixels: torch.Tensor  # [3, S, S] uint8
     height: int
     width: int
     image_id: str | None = None  # frames with an id share one encoder pass per run
 
 
 def prepare_frame(image: Image.Image, image_size: int, image_id: str | None = None) -> Frame:
-    """Preprocess as sam2's video frame loader does: PIL RGB, resize((S, S)) with PIL's default
-    filter, /255, ImageNet mean/std (same operations in the same order, so the same float32s)."""
+    """The first half of sam2's video frame loader (`_load_img_as_tensor`): PIL RGB,
+    resize((S, S)) with PIL's default filter; `normalise` does the rest."""
     rgb = image.convert("RGB")
-    resized = np.asarray(rgb.resize((image_size, image_size)))
-    pixels = torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
-    pixels = (pixels - IMG_MEAN) / IMG_STD
-    return Frame(pixels, rgb.height, rgb.width, image_id)
+    resized = np.array(rgb.resize((image_size, image_size)))  # a writable copy, as torch needs
+    return Frame(torch.from_numpy(resized).permute(2, 0, 1).contiguous(), rgb.height, rgb.width, image_id)
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """The rest of sam2's frame loader on a batch of `Frame` pixels, on their device: /255 in
+    float64 (as numpy divides the uint8 array), float32, then ImageNet mean and std (the same
+    operations in the same order as `load_video_frames`, so the same float32s)."""
+    scaled = (pixels.to(torch.float64) / 255.0).float()
+    return (scaled - IMG_MEAN.to(pixels.device)) / IMG_STD.to(pixels.device)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,18 @@ class Prompt:
         mask = np.zeros((height, width), bool)
         mask[y1:y2, x1:x2] = True
         return mask
+
+
+QUERY_PROMPTS = ("box", "box_mask")  # how an ILIAS / revisitop query shows its object
+
+
+def query_prompt(box: tuple[float, float, float, float], kind: str) -> Prompt:
+    """A retrieval query's prompt, the same in training (train_revisitop.py) and in re-ranking
+    (sam2_reranking.py): the whole query image with its box (`box`), or that box filled as a
+    mask (`box_mask`)."""
+    if kind not in QUERY_PROMPTS:
+        raise ValueError(f"unknown query prompt {kind!r}, expected one of {QUERY_PROMPTS}")
+    return Prompt(box=box, box_as_mask=kind == "box_mask")
 
 
 @dataclass
@@ -190,7 +210,7 @@ class PseudoVideo:
         fresh = {}
         if to_encode:
             # pinned frames (utils/feed.py) are copied to the GPU without blocking
-            pixels = torch.stack([f.pixels.to(self.device, non_blocking=True) for f in to_encode.values()])
+            pixels = normalise(torch.stack([f.pixels.to(self.device, non_blocking=True) for f in to_encode.values()]))
             with self.autocast():
                 backbone_out = self.model.forward_image(self._padded(pixels))
             self.encoder_passes += len(to_encode)

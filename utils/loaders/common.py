@@ -21,15 +21,23 @@ TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and
 
 @dataclass
 class Sample:
-    """An image and its object mask (bool, at the image's size as read). `eval_box`: the (left,
-    top, right, bottom) crop a protocol measures the mask on (PerMIS), else None. `exif`: whether
-    the image is read EXIF-oriented (the dataset's rule)."""
+    """An image as the model is given it, and its object mask (bool, at that image's size; None
+    where a protocol needs none, as for a PerMIR gallery image).
+    `input_box`: the model is given the image cut to this (left, top, right, bottom) box and
+    resized to `input_size` square (PDM's inputs, utils/loaders/permirs.py `pdm_input`), else the
+    whole image. `eval_box`: the crop a protocol measures the mask on when the model is given the
+    whole image (PerMIS with full frames), else None. `exif`: whether the image is read
+    EXIF-oriented (the dataset's rule)."""
     image_path: Path
-    mask: np.ndarray
+    mask: np.ndarray | None
     eval_box: tuple[float, float, float, float] | None = None
     exif: bool = False
+    input_box: tuple[float, float, float, float] | None = None
+    input_size: int | None = None
 
     def load_image(self) -> Image.Image:
+        if self.input_box is not None:
+            return open_cropped(self.image_path, self.input_box, self.input_size)
         return open_image(self.image_path, self.exif)
 
 
@@ -68,6 +76,17 @@ def open_image(path, exif: bool = False) -> Image.Image:
         with _opened(path) as image:
             rgb = image.convert("RGB")
             return ImageOps.exif_transpose(rgb) if exif else rgb
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise _unreadable(path, err) from None
+
+
+def open_cropped(path, box: tuple[float, float, float, float], size: int) -> Image.Image:
+    """The image cut to `box` (PIL rounds its edges), resized to size x size with PIL's default
+    filter for its mode (bicubic for RGB and grey), then RGB: in this order, as PDM prepares its
+    frames (`load_im_into_format_from_path(...).resize((512, 512)).convert("RGB")`)."""
+    try:
+        with _opened(path) as image:
+            return image.crop(box).resize((size, size)).convert("RGB")
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise _unreadable(path, err) from None
 
