@@ -34,6 +34,18 @@ def tiny_sam2(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo_photos(tmp_path_factory):
+    """The demo sample (make_demo_data.py): 2 objects, each with a mask shot and a box shot, and 6
+    photos in images/{indoor,outdoor}/."""
+    import make_demo_data
+
+    root = tmp_path_factory.mktemp("demo_photos")
+    make_demo_data.main(make_demo_data.get_args_parser().parse_args(
+        ["--output_dir", str(root), "--objects", "2", "--images", "6", "--seed", "3"]))
+    return root
+
+
+@pytest.fixture(scope="session")
 def perseg_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("perseg")
     write_perseg(root, num_objects=2, images_per_object=4, seed=1, size=(72, 96))

@@ -14,7 +14,6 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
-import make_demo_data
 import search_photos
 from utils.loaders.common import read_mask
 
@@ -28,12 +27,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """The demo sample: 2 objects, 6 photos in images/{indoor,outdoor}/."""
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_data.main(make_demo_data.get_args_parser().parse_args(
-        ["--output_dir", str(root), "--objects", "2", "--images", "6", "--seed", "3"]))
-    return root
+def photos(demo_photos):
+    return demo_photos
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 from sam2.build_sam import build_sam2_video_predictor
 
-import make_demo_data
 import search_photos
 from utils import dinov2
 from utils.loaders.common import open_image, read_mask
@@ -26,11 +25,8 @@ from utils.synthetic import render_object, render_scene, write_jpeg
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    root = tmp_path_factory.mktemp("my_photos")
-    make_demo_data.main(make_demo_data.get_args_parser().parse_args(
-        ["--output_dir", str(root), "--objects", "2", "--images", "6", "--seed", "3"]))
-    return root
+def photos(demo_photos):
+    return demo_photos
 
 
 @pytest.fixture(scope="module")

@@ -49,17 +49,23 @@ def keep_fp32(module: torch.nn.Module, device: torch.device) -> None:
 
     def fp32_forward(*args, **kwargs):
         with torch.autocast(device.type, enabled=False):
-            return forward(*_to_fp32(args), **_to_fp32(kwargs))
+            return forward(*map_tensors(_to_fp32, args), **map_tensors(_to_fp32, kwargs))
 
     module.forward = fp32_forward
     module._keeps_fp32 = True
 
 
-def _to_fp32(value):
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.float()
+def _to_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float() if tensor.is_floating_point() else tensor
+
+
+def map_tensors(function, value):
+    """`value` with `function` applied to every tensor in it (in lists, tuples and dicts, at any
+    depth); anything else is kept as it is."""
+    if isinstance(value, torch.Tensor):
+        return function(value)
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_fp32(v) for v in value)
+        return type(value)(map_tensors(function, v) for v in value)
     if isinstance(value, dict):
-        return {k: _to_fp32(v) for k, v in value.items()}
+        return {k: map_tensors(function, v) for k, v in value.items()}
     return value

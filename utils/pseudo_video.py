@@ -28,7 +28,7 @@ from PIL import Image
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.utils.misc import concat_points, fill_holes_in_mask_scores
 
-from utils.amp import autocast, keep_fp32
+from utils.amp import autocast, keep_fp32, map_tensors
 
 # sam2.utils.misc.load_video_frames normalises with these
 IMG_MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float32)[:, None, None]
@@ -362,17 +362,7 @@ def compile_modules(model: SAM2Base) -> None:
 
 
 def _cloned_outputs(forward, *args, **kwargs):
-    return _clone(forward(*args, **kwargs))
-
-
-def _clone(value):
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_clone(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
-    return value
+    return map_tensors(torch.clone, forward(*args, **kwargs))
 
 
 def _reuse_position_encoding(model: SAM2Base) -> None:
