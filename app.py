@@ -18,10 +18,10 @@ endpoint) serves gradio_client.
 """
 import hashlib
 import io
-import shutil
 import time
 import uuid
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -98,7 +98,7 @@ class PhotoSearchPage:
     # -- the search ---------------------------------------------------------------------------
 
     def search(self, references: list, photo, box, painted, mask_upload, name, folder, uploads, score,
-               progress=gr.Progress(track_tqdm=True)):
+               progress=gr.Progress(track_tqdm=True)):  # noqa: ARG002 (gradio shows the search's own bars)
         """The Search button (and the API's "search"): (gallery, downloads, ranking, message)."""
         try:
             shots = references + ([reference(photo, box, painted, mask_upload)] if photo else [])
@@ -108,15 +108,15 @@ class PhotoSearchPage:
             root = self.output_dir / "searches" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
             index_dir = self.write_folder(root, safe_name(name), shots, folder, uploads)
             data = load_custom(root)
-            options = SearchOptions(**{**self.options.__dict__, "score": score, "index_dir": index_dir})
-            summary = search(data, self.models, options, root / "results", self.run)
+            summary = search(data, self.models, replace(self.options, score=score, index_dir=index_dir),
+                             root / "results", self.run)
         except UserError as err:
             return [], None, None, message(err)
-        name = next(iter(summary["rankings"]))
-        ranked = summary["rankings"][name]
-        gallery = [(result_image(data, root / "results", name, row), f"{rank}. {caption(row)}")
+        object_name = next(iter(summary["rankings"]))
+        ranked = summary["rankings"][object_name]
+        gallery = [(result_image(data, root / "results", object_name, row), f"{rank}. {caption(row)}")
                    for rank, row in enumerate(ranked[:SHOWN], start=1)]
-        found = len(summary["found"][name])
+        found = len(summary["found"][object_name])
         text = (f"Found in {found} of {len(ranked)} photos searched ({summary['photos']} in the folder); "
                 f"best first, masks overlaid where found. Results in {root / 'results'}")
         return gallery, downloads(root / "results"), ranking_json(ranked), text
@@ -132,10 +132,7 @@ class PhotoSearchPage:
                 atomic_write_bytes(root / "references" / f"{stem}.txt", (" ".join(map(str, shot["box"])) + "\n").encode())
         if uploads:
             for k, upload in enumerate(uploads):
-                source = Path(upload)
-                target = root / "images" / f"{k:05d}_{source.name}"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
+                atomic_write_bytes(root / "images" / f"{k:05d}_{Path(upload).name}", Path(upload).read_bytes())
             return None
         photos = self.photo_folder(folder)
         root.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,7 @@ def run_split(args, model, split: str, run: Run) -> dict:
                 image, args.dinov2_resolution, args.dinov2_preprocess, patch_size), args.dinov2_batch_size,
                 crop_to_box=split == "queries" and args.query_crop == "box", max_images=max_images)
             extract_shards(model, stream, split_dir, settings, args.skip_corrupt, run.num_workers, run.amp,
-                           f"{split} (rank {run.rank})")
+                           run.label(split))
         barrier()
     manifest = write_manifest(split_dir, split, shards, settings, max_images) if run.is_main else None
     barrier()

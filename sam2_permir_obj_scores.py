@@ -110,7 +110,7 @@ def sam2_scores(scheduler: PairScheduler, parts: Parts, queries: list[Sample], g
     chunks = [[(q, path) for path in paths[i:i + chunk_size] for q in references]
               for i in range(0, len(paths), chunk_size)]
     score_in_parts(scheduler, parts, chunks, unfinished_share(parts, len(chunks), run), references,
-                   desc=f"gallery (rank {run.rank})")
+                   desc=run.label("gallery"))
     barrier()
     if not run.is_main:
         return None

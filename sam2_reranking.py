@@ -171,7 +171,7 @@ def main(args) -> dict:
                         for chunk in chunks]
     score_in_parts(PairScheduler(engine, images.open, run.pair_batch_size, run.num_workers), parts, chunk_pair_lists,
                    unfinished_share(parts, len(chunks), run), query_references(images, boxes, args.query_prompt),
-                   desc=f"candidates (rank {run.rank})")
+                   desc=run.label("candidates"))
     passes = sum_across_ranks(engine.encoder_passes)
     barrier()
     if not run.is_main:

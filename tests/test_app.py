@@ -135,6 +135,20 @@ def test_a_second_search_waits_in_the_queue(server, photos):
         assert job.result(timeout=300)[2] == alone[name]
 
 
+def test_the_page_shows_the_search_s_progress(server, photos):
+    """The progress bar: the scheduler's bar over the photos, as the page's client sees it."""
+    url, _ = server
+    job = Client(url, verbose=False).submit(
+        handle_file(str(photos / "references" / "object_0_2.jpg")), "10 10 200 200", None, None, "object_0",
+        str(photos / "images"), None, "iou", api_name="/search")
+    seen = set()
+    while not job.done():
+        seen |= {(p.desc, p.index, p.length) for p in job.status().progress_data or []}
+        time.sleep(0.01)
+    assert job.result()[3].startswith("Found in")
+    assert any(desc == "photos" and length == 6 for desc, _, length in seen), seen
+
+
 def browser():
     """Headless Chromium through Debian's chromedriver, or None where they are not installed (the
     CI installs them, and makes their absence a failure)."""

@@ -184,3 +184,18 @@ def test_hidden_files_are_not_photos(tiny_sam2, photos, tmp_path):
     (folder / "images/.thumbnails").mkdir()
     Image.new("RGB", (8, 8)).save(folder / "images/.thumbnails/000.jpg")
     assert load_custom(folder).images == load_custom(photos).images
+
+
+def test_saved_parts_are_not_reused_for_a_changed_photo(tiny_sam2, photos, tmp_path):
+    """A rerun reuses the saved parts of the same search only: a photo changed since (or a
+    reference's prompt) is one line asking for another --output_dir."""
+    from utils.errors import UserError
+
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    search(tiny_sam2, folder, tmp_path / "out")
+    search(tiny_sam2, folder, tmp_path / "out")  # the same search: resumed from its parts
+    write_jpeg(folder / "images" / "indoor" / "000.jpg",
+               render_scene(np.random.default_rng(1), render_object(5), 96, 128, scale=0.4)[0])
+    with pytest.raises(UserError, match="parts of a run with other settings"):
+        search(tiny_sam2, folder, tmp_path / "out")

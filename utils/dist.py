@@ -39,6 +39,10 @@ class Run:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def label(self, what: str) -> str:
+        """A progress bar's label: which process's bar it is, when there are several."""
+        return what if self.world == 1 else f"{what} (rank {self.rank})"
+
 
 def setup_run(device: str | None = None, amp: bool = False, pair_batch_size: int | None = None,
               num_workers: int | None = None, seed: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S,

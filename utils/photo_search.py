@@ -18,7 +18,9 @@ torchrun the chunks are split across processes). A photo where SAM2's object sco
                        overlaid (found photos framed green)
 """
 import csv
+import hashlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,8 +122,7 @@ def search(data: CustomData, models: Models, options: SearchOptions, output_dir:
     chunks = [[pair for photo in photos[c:c + options.chunk_size] for pair in photo]
               for c in range(0, len(photos), options.chunk_size)]
     pairs = [pair for chunk in chunks for pair in chunk]
-    parts = Parts(output_dir / "parts", {"data_path": str(data.root), "pairs": [list(p) for p in pairs],
-                                         "references": {n: [f.image for f in s] for n, s in data.objects.items()},
+    parts = Parts(output_dir / "parts", {"data_path": str(data.root), "search": search_digest(data, pairs),
                                          **models.sam2, "chunk_size": options.chunk_size})
 
     def write_mask(pair, result, row) -> None:
@@ -130,7 +131,7 @@ def search(data: CustomData, models: Models, options: SearchOptions, output_dir:
 
     scheduler = PairScheduler(models.engine, data.open, run.pair_batch_size, run.num_workers)
     score_in_parts(scheduler, parts, chunks, unfinished_share(parts, len(chunks), run), data.objects,
-                   with_masks=True, on_result=write_mask, desc=f"photos (rank {run.rank})")
+                   with_masks=True, on_result=write_mask, desc=run.label("photos"))
     passes = sum_across_ranks(models.engine.encoder_passes)
     barrier()
     if not run.is_main:
@@ -149,6 +150,21 @@ def search(data: CustomData, models: Models, options: SearchOptions, output_dir:
         visualize(output_dir, data, rankings, options.visualize)
     return {"photos": len(data.images), "pairs": len(pairs), "encoder_passes": passes, "index": update,
             "rankings": rankings, "found": found}
+
+
+def search_digest(data: CustomData, pairs: list) -> str:
+    """A digest of what a search scores: its pairs, every photo's size and modification time, and
+    each reference's prompt, so that a rerun reuses parts only if none of them changed."""
+    digest = hashlib.sha1(json.dumps(pairs).encode())
+    for image, (size, mtime) in photo_stats(data.root, sorted({p for _, p in pairs} | {
+            f.image for shots in data.objects.values() for f in shots})).items():
+        digest.update(f"{image}\t{size}\t{mtime}\n".encode())
+    for name, shots in data.objects.items():
+        for frame in shots:
+            prompt = frame.prompt
+            digest.update(f"{name}\t{frame.image}\t{prompt.box}\n".encode())
+            digest.update(np.packbits(prompt.mask).tobytes() if prompt.mask is not None else b"")
+    return digest.hexdigest()
 
 
 def mask_file(name: str, image: str) -> str:
