@@ -3,18 +3,18 @@
     python app.py --sam2_cfg configs/sam2.1/sam2.1_hiera_t.yaml --sam2_checkpoint checkpoints/sam2.1_hiera_tiny.pt
     python app.py ... --dinov2 facebook/dinov2-small --shortlist 100   # large folders: a DINOv2 shortlist
 
-Serves a Gradio page on http://127.0.0.1:7860 (--host 0.0.0.0 to be reached from elsewhere; then
-only folders under --photos_root, default the current folder, can be searched). Upload a photo of your object and show it:
-click two opposite corners of its box, or paint over it, or upload its mask; add more photos of
-it with "Add this reference" (k-shot). Then give a folder on this computer or upload photos,
-press Search and watch the progress bar. The results are the photos ranked by SAM2's score, each
-with its mask overlaid where the object is found, and downloads of rankings.csv and the masks.
-Each search writes its folder (the "Your own photos" layout, and search_photos.py's outputs in its
-results/) in <output_dir>/searches/; a folder's DINOv2 photo index is kept in <output_dir>/index/
-and reused by every later search of that folder.
-Searches run one at a time: a second one waits in the queue. The page calls the same code as
-search_photos.py (utils/photo_search.py) and shows the same ranking; its API (the "search"
-endpoint) serves gradio_client.
+Serves a Gradio page on http://127.0.0.1:7860 (--host 0.0.0.0 to be reached from elsewhere;
+then only folders under --photos_root, default the current folder, can be searched). Upload a
+photo of your object and show it: click two opposite corners of its box, or paint over it, or
+upload its mask; add more photos of it with "Add this reference" (k-shot). Then give a folder on
+this computer or upload photos, press Search and watch the progress bar. The results are the
+photos ranked by SAM2's score, each with its mask overlaid where the object is found, and
+downloads of rankings.csv and the masks. Each search writes its folder (the "Your own photos"
+layout, search_photos.py's outputs in its results/, and their metrics.json with the page's run
+record) in <output_dir>/searches/; a folder's DINOv2 photo index is kept in <output_dir>/index/
+and reused by every later search of that folder. Searches run one at a time: a second one waits
+in the queue. The page calls the same code as search_photos.py (utils/photo_search.py) and shows
+the same ranking; its API (the "search" endpoint) serves gradio_client.
 """
 import hashlib
 import io
@@ -28,12 +28,12 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from utils.cli import CliParser, add_dinov2_args, add_sam2_args, run_cli, setup
+from utils.cli import CliParser, add_dinov2_args, add_sam2_args, run_cli, run_record, setup
 from utils.errors import UserError, check_positive
-from utils.io import atomic_write_bytes, save_png
+from utils.io import atomic_write_bytes, save_json, save_png
 from utils.loaders.common import open_image, read_mask
 from utils.loaders.custom import load_custom
-from utils.photo_search import SearchOptions, load_models, mask_file, search
+from utils.photo_search import SearchOptions, load_models, mask_file, search, summary_metrics
 from utils.pseudo_video import SCORES
 from utils.vis import overlay, with_prompt
 
@@ -59,9 +59,10 @@ def get_args_parser() -> CliParser:
 class PhotoSearchPage:
     """The page's work: references from the page's inputs, a search folder, the search, the results."""
 
-    def __init__(self, models, options: SearchOptions, run, output_dir: Path, photos_root: Path | None):
+    def __init__(self, models, options: SearchOptions, run, output_dir: Path, photos_root: Path | None,
+                 record: dict):
         self.models, self.options, self.run = models, options, run
-        self.output_dir, self.photos_root = Path(output_dir), photos_root
+        self.output_dir, self.photos_root, self.record = Path(output_dir), photos_root, record
 
     # -- the reference and its prompt ---------------------------------------------------------
 
@@ -110,6 +111,11 @@ class PhotoSearchPage:
             data = load_custom(root)
             summary = search(data, self.models, replace(self.options, score=score, index_dir=index_dir),
                              root / "results", self.run)
+            save_json(root / "results" / "metrics.json", {
+                **summary_metrics(summary, score),
+                "run": {**self.record, "encoder_passes": summary["encoder_passes"], "index": summary["index"],
+                        "search": {"references": len(shots), "folder": folder if not uploads else None,
+                                   "uploaded_photos": len(uploads or [])}}})
         except UserError as err:
             return [], None, None, message(err)
         object_name = next(iter(summary["rankings"]))
@@ -129,7 +135,8 @@ class PhotoSearchPage:
             if shot["mask"] is not None:
                 save_png(root / "references" / f"{stem}.png", shot["mask"].astype(np.uint8) * 255)
             else:
-                atomic_write_bytes(root / "references" / f"{stem}.txt", (" ".join(map(str, shot["box"])) + "\n").encode())
+                box = " ".join(f"{v:g}" for v in shot["box"])
+                atomic_write_bytes(root / "references" / f"{stem}.txt", f"{box}\n".encode())
         if uploads:
             for k, upload in enumerate(uploads):
                 atomic_write_bytes(root / "images" / f"{k:05d}_{Path(upload).name}", Path(upload).read_bytes())
@@ -297,7 +304,7 @@ def page_from_args(args) -> tuple[PhotoSearchPage, gr.Blocks]:
                             dinov2_preprocess=args.dinov2_preprocess, dinov2_batch_size=args.dinov2_batch_size)
     photos_root = Path(args.photos_root).resolve() if args.photos_root else (
         None if args.host in ("127.0.0.1", "localhost") else Path.cwd())
-    page = PhotoSearchPage(models, options, run, Path(args.output_dir), photos_root)
+    page = PhotoSearchPage(models, options, run, Path(args.output_dir), photos_root, run_record(args, run))
     return page, build_page(page, args.dinov2 is not None).queue(default_concurrency_limit=1)
 
 

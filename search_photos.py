@@ -22,7 +22,7 @@ from utils.cli import (CliParser, add_dinov2_args, add_output_args, add_sam2_arg
                        format_table, run_cli, setup)
 from utils.errors import check_positive
 from utils.loaders.custom import load_custom
-from utils.photo_search import SearchOptions, load_models, search
+from utils.photo_search import SearchOptions, load_models, search, summary_metrics
 from utils.pseudo_video import SCORES
 
 
@@ -67,12 +67,8 @@ def main(args) -> dict:
     summary = search(data, models, options, Path(args.output_dir), run)
     if summary is None:
         return {}
-    metrics = {"photos": summary["photos"], "pairs": summary["pairs"], "score": args.score,
-               "objects": {name: {"searched": len(ranked), "found": len(summary["found"][name]),
-                                  "top": [r["image"] for r in ranked[:5]]}
-                           for name, ranked in summary["rankings"].items()}}
-    return finish(args, metrics, summary_table(summary, args.score, Path(args.output_dir)), run,
-                  encoder_passes=summary["encoder_passes"], index=summary["index"])
+    return finish(args, summary_metrics(summary, args.score), summary_table(summary, args.score, Path(args.output_dir)),
+                  run, encoder_passes=summary["encoder_passes"], index=summary["index"])
 
 
 if __name__ == "__main__":

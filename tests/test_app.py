@@ -3,6 +3,7 @@ is a message on the page; searches queue; and a real browser (headless Chromium)
 reference, draws its box with the mouse, uploads photos, presses Search and finds the gallery in
 the CLI's order."""
 import csv
+import json
 import os
 import shutil
 import socket
@@ -77,6 +78,10 @@ def test_the_api_gives_the_cli_ranking(server, photos, tiny_sam2, tmp_path):
         [str(Path(image).relative_to("images")) for image, _ in want]
     assert sorted(Path(d).name for d in downloads) == ["masks.zip", "rankings.csv"]
     assert status.startswith("Found in")
+    results = Path(status.rsplit("Results in ", 1)[1])  # each search keeps its outputs and their record
+    record = json.loads((results / "metrics.json").read_text())
+    assert record["score"] == "iou" and record["objects"]["my_object"]["searched"] == 6
+    assert record["run"]["settings"]["sam2_checkpoint"] == str(tiny_sam2[1]) and record["run"]["search"]["references"] == 1
 
 
 def test_uploaded_photos_are_searched_too(server, photos):

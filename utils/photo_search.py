@@ -152,6 +152,14 @@ def search(data: CustomData, models: Models, options: SearchOptions, output_dir:
             "rankings": rankings, "found": found}
 
 
+def summary_metrics(summary: dict, score: str) -> dict:
+    """The numbers of a search, as metrics.json holds them."""
+    return {"photos": summary["photos"], "pairs": summary["pairs"], "score": score,
+            "objects": {name: {"searched": len(ranked), "found": len(summary["found"][name]),
+                               "top": [r["image"] for r in ranked[:5]]}
+                        for name, ranked in summary["rankings"].items()}}
+
+
 def search_digest(data: CustomData, pairs: list) -> str:
     """A digest of what a search scores: its pairs, every photo's size and modification time, and
     each reference's prompt, so that a rerun reuses parts only if none of them changed."""
