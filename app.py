@@ -31,7 +31,7 @@ from PIL import Image
 from utils.cli import CliParser, add_dinov2_args, add_sam2_args, run_cli, run_record, setup
 from utils.errors import UserError, check_positive
 from utils.io import atomic_write_bytes, save_json, save_png
-from utils.loaders.common import open_image, read_mask
+from utils.loaders.common import image_size, open_image, read_mask
 from utils.loaders.custom import load_custom
 from utils.photo_search import SearchOptions, load_models, mask_file, search, summary_metrics
 from utils.pseudo_video import SCORES
@@ -163,13 +163,13 @@ def reference(photo: str | None, box: str, painted: dict | None, mask_upload: st
     mask, else the box; the photo as the search will read it (EXIF-oriented)."""
     if not photo:
         raise UserError("no reference photo", "reference photo", "upload a photo of your object")
-    image = open_image(photo, exif=True)
+    height, width = image_size(photo, exif=True)
     mask = painted_mask(painted)
     if mask is None and mask_upload:
         mask = read_mask(mask_upload, exif=True)
     if mask is not None:
-        if mask.shape != (image.height, image.width):
-            raise UserError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the photo {image.width}x{image.height}",
+        if mask.shape != (height, width):
+            raise UserError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the photo {width}x{height}",
                             "mask", "upload a mask of the photo's size, or paint on the photo")
         if not mask.any():
             raise UserError("the mask is empty", "mask", "paint over your object, or upload its mask in white on black")
@@ -179,8 +179,8 @@ def reference(photo: str | None, box: str, painted: dict | None, mask_upload: st
     except (ValueError, AttributeError):
         raise UserError("no box, painted mask or mask file", "reference photo",
                         "click two opposite corners of your object, paint over it, or upload its mask") from None
-    if not (0 <= x1 < x2 <= image.width and 0 <= y1 < y2 <= image.height):
-        raise UserError(f"the box {box} is not inside the {image.width}x{image.height} photo", "box",
+    if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+        raise UserError(f"the box {box} is not inside the {width}x{height} photo", "box",
                         "click two corners on the photo, or write x1 y1 x2 y2 within it")
     return {"photo": photo, "mask": None, "box": (x1, y1, x2, y2)}
 

@@ -284,11 +284,10 @@ def bench_segmentation(args, engines, official, folder: Path) -> dict:
     return row
 
 
-def bench_feed(args, folder: Path, encode_s: dict) -> dict:
+def bench_feed(args, folder: Path, image_size: int, encode_s: dict) -> dict:
     """Images/s the feed delivers with 0, 1, 2, ... decoding workers (up to this machine's
     cores), for scenes and for camera-sized photos, beside the model's encode rate: the steady
     rate, after the first image (the workers' start-up is paid once per run)."""
-    image_size = build_sam2_model(args.sam2_cfg, None).image_size
     sizes = {"scene": tuple(args.image_size),
              "photo": tuple(args.photo_size or ([2 * v for v in args.image_size] if args.quick else (3000, 4000)))}
     count = 6 if args.quick else 16
@@ -536,7 +535,8 @@ def main(args) -> dict:
             if "segmentation" in suites:
                 results["segmentation"] = bench_segmentation(args, engines, official, folder)
             if "feed" in suites:
-                results["feed"] = bench_feed(args, folder, {p: f["t_encode_s"] for p, f in floors.items()})
+                results["feed"] = bench_feed(args, folder, official.image_size,
+                                             {p: f["t_encode_s"] for p, f in floors.items()})
             if "compile" in suites:
                 results["compile"] = bench_compile(args, device, official, paths, masks, amp, floors)
         if "features" in suites:

@@ -28,6 +28,7 @@ from utils.errors import UserError, check_positive
 from utils.io import Parts, pack_masks, save_npy, save_png, save_pt, unpack_masks
 from utils.loaders.common import Sample
 from utils.loaders.permirs import load_permirs_videos, permir_split
+from utils.loops import batched
 from utils.metrics import PDM_CROP_SIZE, retrieval_metrics, sort_by_score
 from utils.pair_scoring import PairScheduler, ReferenceFrame, chunk_scores, score_in_parts
 from utils.pseudo_video import SCORES, Prompt, PseudoVideo
@@ -107,8 +108,7 @@ def sam2_scores(scheduler: PairScheduler, parts: Parts, queries: list[Sample], g
     each gallery image is encoded by one rank, each query by every rank that has a chunk."""
     references = {q: [ReferenceFrame(str(query.image_path), Prompt(mask=query.mask))] for q, query in enumerate(queries)}
     paths = [str(sample.image_path) for sample in gallery]
-    chunks = [[(q, path) for path in paths[i:i + chunk_size] for q in references]
-              for i in range(0, len(paths), chunk_size)]
+    chunks = [[(q, path) for path in chunk for q in references] for chunk in batched(paths, chunk_size)]
     score_in_parts(scheduler, parts, chunks, unfinished_share(parts, len(chunks), run), references,
                    desc=run.label("gallery"))
     barrier()

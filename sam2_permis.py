@@ -26,6 +26,7 @@ from utils.cli import (CliParser, add_dataset_args, add_output_args, add_permirs
 from utils.dist import barrier, unfinished_share
 from utils.errors import check_positive
 from utils.io import Parts, save_png
+from utils.loops import batched
 from utils.metrics import MaskCounts, mask_counts, ratio
 from utils.pair_scoring import PairScheduler, ReferenceFrame, score_in_parts
 from utils.pseudo_video import Prompt, PseudoVideo
@@ -120,7 +121,7 @@ def main(args) -> dict:
     run = setup(args)
     output_dir, root = Path(args.output_dir), data_path(args)
     episodes, skipped = BENCHMARKS[args.dataset_file].episodes(root, args.shots, args.ref_idx, args.permirs_frames)
-    chunks = [episodes[i:i + args.chunk_size] for i in range(0, len(episodes), args.chunk_size)]
+    chunks = list(batched(episodes, args.chunk_size))
     parts = Parts(output_dir / "parts", {"dataset": args.dataset_file, "data_path": str(root), "shots": args.shots,
                                          "ref_idx": args.ref_idx, "permirs_frames": args.permirs_frames,
                                          "sam2_cfg": args.sam2_cfg,

@@ -26,6 +26,7 @@ from utils.errors import UserError, check_positive
 from utils.ilias_store import (extracted_size, image_file, load_topk, object_id, open_extracted, split_records,
                                union_box)
 from utils.io import Parts, save_npy, save_png
+from utils.loops import batched
 from utils.metrics import ilias_metrics
 from utils.pair_scoring import PairScheduler, ReferenceFrame, chunk_scores, score_in_parts
 from utils.pseudo_video import QUERY_PROMPTS, SCORES, PseudoVideo, query_prompt
@@ -166,7 +167,7 @@ def main(args) -> dict:
                                          "head_checkpoint": args.head_checkpoint, "amp": run.amp,
                                          "compile": args.compile, "chunk_size": args.chunk_size,
                                          "topk": topk["meta"]})
-    chunks = [candidates[i:i + args.chunk_size] for i in range(0, len(candidates), args.chunk_size)]
+    chunks = list(batched(candidates, args.chunk_size))
     chunk_pair_lists = [[(q, images.candidate(top[q, col])) for q, col in zip(*chunk_pairs(top, chunk))]
                         for chunk in chunks]
     score_in_parts(PairScheduler(engine, images.open, run.pair_batch_size, run.num_workers), parts, chunk_pair_lists,

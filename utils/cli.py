@@ -85,7 +85,7 @@ def add_sam2_args(parser, pairs_help: str = "(reference, target) pairs per SAM2 
                         help=f"{pairs_help} (default: 8 on a GPU, 1 on the CPU)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile SAM2's image encoder, memory attention and mask decoder "
-                             "(pays on a GPU for long runs; README: Performance)")
+                             "(slower than eager on the CPU; README: Performance)")
 
 
 def add_device_args(parser, workers_help: str = "processes that decode images ahead of the model") -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from utils.amp import autocast, keep_fp32
 from utils.errors import UserError
-from utils.loops import progress, worker_loader
+from utils.loops import progress, worker_map
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
@@ -88,22 +88,6 @@ def embed(model, pixels: torch.Tensor, amp: bool = False) -> torch.Tensor:
     return F.normalize(features.float(), dim=-1).cpu()
 
 
-class _Preprocessed(torch.utils.data.Dataset):
-    """Image i decoded and preprocessed (in a decoding worker), or the user error it raised."""
-
-    def __init__(self, images, resolution: int, mode: str, patch_size: int):
-        self.images, self.resolution, self.mode, self.patch_size = images, resolution, mode, patch_size
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        try:
-            return {"pixels": preprocess(self.images[i](), self.resolution, self.mode, self.patch_size)}
-        except UserError as err:  # raised again in the main process, which reports it
-            return {"error": (err.what, err.where, err.fix)}
-
-
 def embed_images(model, images, resolution: int, mode: str, batch_size: int, amp: bool = False,
                  desc: str | None = None, num_workers: int = 0) -> np.ndarray:
     """Features [N, D] of images given as callables returning a PIL image, in their order,
@@ -117,12 +101,9 @@ def embed_images(model, images, resolution: int, mode: str, batch_size: int, amp
         positions, pixels = zip(*pending.pop(shape))
         features[list(positions)] = embed(model, torch.stack(pixels), amp).numpy()
 
-    loader = worker_loader(_Preprocessed(images, resolution, mode, patch_size), min(num_workers, len(images)))
-    for position, item in enumerate(progress(loader, total=len(images), desc=desc, unit="img",
-                                             disable=None if desc else True)):
-        if "error" in item:
-            raise UserError(*item["error"])
-        pixels = item["pixels"]
+    preprocessed = worker_map(lambda load: preprocess(load(), resolution, mode, patch_size), images, num_workers)
+    for position, pixels in enumerate(progress(preprocessed, total=len(images), desc=desc, unit="img",
+                                               disable=None if desc else True)):
         pending.setdefault(tuple(pixels.shape), []).append((position, pixels))
         if len(pending[tuple(pixels.shape)]) == batch_size:
             flush(tuple(pixels.shape))

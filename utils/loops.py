@@ -1,9 +1,12 @@
 """Loops over images: progress bars, fixed-size chunks, and decoding worker processes."""
 import signal
 import sys
+from typing import Callable, Iterator
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+from utils.errors import UserError
 
 
 def progress(iterable=None, **kwargs) -> tqdm:
@@ -33,3 +36,30 @@ def worker_loader(dataset, num_workers: int, pin_memory: bool = False) -> DataLo
     ahead of the consumer (0: made in this process when asked for)."""
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       worker_init_fn=ignore_interrupts)
+
+
+class _Mapped(Dataset):
+    """function(items[i]) as (value, None), or (None, the user error it raised): what a worker
+    can hand over."""
+
+    def __init__(self, function: Callable, items: list):
+        self.function, self.items = function, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.function(self.items[i]), None
+        except UserError as err:
+            return None, (err.what, err.where, err.fix)
+
+
+def worker_map(function: Callable, items: list, num_workers: int, pin_memory: bool = False) -> Iterator:
+    """function(item) for each item, in order, computed by `num_workers` processes ahead of the
+    consumer (0: in this process, when asked for); tensors in pinned memory if `pin_memory`. A
+    user error raised for an item is raised again here, where the run reports it."""
+    for value, error in worker_loader(_Mapped(function, items), min(num_workers, len(items)), pin_memory):
+        if error is not None:
+            raise UserError(*error)
+        yield value

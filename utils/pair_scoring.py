@@ -164,14 +164,13 @@ def score_in_parts(scheduler: PairScheduler, parts: Parts, chunks: Sequence[Sequ
     pairs = [pair for c in todo for pair in chunks[c]]
     owner = [(c, j) for c in todo for j in range(len(chunks[c]))]
     filled = {c: {"iou": np.zeros(len(chunks[c]), np.float32),
-                  "object_score_logit": np.zeros(len(chunks[c]), np.float32), "records": []} for c in todo}
+                  "object_score_logit": np.zeros(len(chunks[c]), np.float32)} for c in todo}
+    records = {c: [None] * len(chunks[c]) for c in todo}
     left = {c: len(chunks[c]) for c in todo}
 
     def save(c):
-        saved = filled.pop(c)
-        records = saved.pop("records")
-        parts.save(c, **saved, **({"records": np.stack([r for _, r in sorted(records, key=lambda r: r[0])])}
-                                  if records else {}))
+        rows = records.pop(c)
+        parts.save(c, **filled.pop(c), **({"records": np.stack(rows)} if rows and rows[0] is not None else {}))
 
     for c in [c for c in todo if not left[c]]:  # an empty chunk is finished at once
         save(c)
@@ -181,9 +180,8 @@ def score_in_parts(scheduler: PairScheduler, parts: Parts, chunks: Sequence[Sequ
             c, j = owner[position]
             filled[c]["iou"][j] = result.iou[i].item()
             filled[c]["object_score_logit"][j] = result.object_score_logit[i].item()
-            record = on_result(pairs[position], result, i) if on_result is not None else None
-            if record is not None:
-                filled[c]["records"].append((j, record))
+            if on_result is not None:
+                records[c][j] = on_result(pairs[position], result, i)
             left[c] -= 1
             if not left[c]:
                 save(c)

@@ -30,6 +30,7 @@ import numpy as np
 from utils.dist import Run, barrier
 from utils.errors import UserError
 from utils.io import atomic_write_bytes, save_json
+from utils.loops import batched
 from utils.retrieval import sharded_topk
 
 FORMAT = "photo_index/1"
@@ -117,7 +118,7 @@ class PhotoIndex:
         if run.is_main:
             for name, keep in plan.rewrite.items():
                 self.rewrite_shard(name, keep)
-        chunks = [plan.embed[i:i + chunk_size] for i in range(0, len(plan.embed), chunk_size)]
+        chunks = list(batched(plan.embed, chunk_size))
         for c in range(run.rank, len(chunks), run.world):
             photos = chunks[c]
             self.write_shard(photos, embed(photos, f"indexing photos, part {c + 1}/{len(chunks)}"),
@@ -148,5 +149,5 @@ class PhotoIndex:
 def search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products of the queries among the index's vectors (faiss, a block of
     float32 at a time): scores and row indices, best first, ties to the lower row."""
-    blocks = (vectors[start:start + SEARCH_BLOCK].astype(np.float32) for start in range(0, len(vectors), SEARCH_BLOCK))
+    blocks = (block.astype(np.float32) for block in batched(vectors, SEARCH_BLOCK))
     return sharded_topk(queries.astype(np.float32), blocks, k)

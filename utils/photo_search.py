@@ -32,6 +32,7 @@ from utils.dist import Run, barrier, broadcast, sum_across_ranks, unfinished_sha
 from utils.io import Parts, atomic_write_bytes, save_json, save_png
 from utils.loaders.common import read_mask
 from utils.loaders.custom import CustomData
+from utils.loops import batched
 from utils.pair_scoring import PairScheduler, ReferenceFrame, score_in_parts
 from utils.photo_index import PhotoIndex, photo_stats, search as index_search
 from utils.pseudo_video import PseudoVideo, presence_score
@@ -119,8 +120,7 @@ def search(data: CustomData, models: Models, options: SearchOptions, output_dir:
         for photo in photos:
             by_photo.setdefault(photo, []).append((name, photo))
     photos = [by_photo[p] for p in sorted(by_photo)]
-    chunks = [[pair for photo in photos[c:c + options.chunk_size] for pair in photo]
-              for c in range(0, len(photos), options.chunk_size)]
+    chunks = [[pair for photo in chunk for pair in photo] for chunk in batched(photos, options.chunk_size)]
     pairs = [pair for chunk in chunks for pair in chunk]
     parts = Parts(output_dir / "parts", {"data_path": str(data.root), "search": search_digest(data, pairs),
                                          **models.sam2, "chunk_size": options.chunk_size})

@@ -129,10 +129,6 @@ class TargetScores:
             return F.interpolate(self.low_res_masks[row:row + 1], size=self.sizes[row], mode="bilinear",
                                  align_corners=False)[0, 0].cpu()
 
-    @property
-    def mask_logits(self) -> list[torch.Tensor]:
-        return [self.mask_logit(row) for row in range(len(self.sizes))]
-
 
 def presence_score(iou: torch.Tensor, object_score_logit: torch.Tensor, kind: str) -> torch.Tensor:
     """`iou` (the chosen mask's predicted IoU), `object` (sigmoid of the object-score logit) or

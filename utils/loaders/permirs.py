@@ -113,8 +113,8 @@ def permis_episodes(videos: list[Video], shots: int = 1, frames: str = "pdm") ->
 @dataclass
 class RetrievalSplit:
     """PerMIR: one query per video (its frame with the largest mask, the mask as the prompt) and
-    a gallery of every other frame of every video (no mask needed); the label of an image is its
-    video id. Mask sizes are PDM's: the share of its square crop of the frame (`pdm_crop_fraction`)."""
+    a gallery of every other frame of every video (their masks are not used); the label of an
+    image is its video id. Mask sizes are PDM's: the share of its square crop of the frame (`pdm_crop_fraction`)."""
     queries: list[Sample]
     query_labels: list[str]
     gallery: list[Sample]
@@ -139,7 +139,7 @@ def permir_split(videos: list[Video], frames: str = "pdm") -> tuple[RetrievalSpl
                 split.queries.append(sample)
                 split.query_labels.append(video.video_id)
             else:
-                split.gallery.append(Sample(frame, None, input_box=sample.input_box, input_size=sample.input_size))
+                split.gallery.append(sample)
                 split.gallery_labels.append(video.video_id)
     if not split.queries:
         raise UserError("every video was dropped (a mask under 0.5% of its frame's crop)",
