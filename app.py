@@ -1,269 +1,524 @@
-"""Find your object in your photos, on a web page: the search of search_photos.py, with a browser.
+"""Find your object in your photos and videos, on a web page: the search of search_photos.py, with a browser.
 
     python app.py --sam2_cfg configs/sam2.1/sam2.1_hiera_t.yaml --sam2_checkpoint checkpoints/sam2.1_hiera_tiny.pt
-    python app.py ... --dinov2 facebook/dinov2-small --shortlist 100   # large folders: a DINOv2 shortlist
+    python app.py ... --dinov2 facebook/dinov2-small --shortlist 100     # large folders: a DINOv2 shortlist
+    python app.py ... --host 0.0.0.0 --photos_root /data/photos           # for colleagues on the network
 
-Serves a Gradio page on http://127.0.0.1:7860 (--host 0.0.0.0 to be reached from elsewhere;
-then only folders under --photos_root, default the current folder, can be searched). Upload a
-photo of your object and show it: click two opposite corners of its box, or paint over it, or
-upload its mask; add more photos of it with "Add this reference" (k-shot). Then give a folder on
-this computer or upload photos, press Search and watch the progress bar. The results are the
-photos ranked by SAM2's score, each with its mask overlaid where the object is found, and
-downloads of rankings.csv and the masks. Each search writes its folder (the "Your own photos"
-layout, search_photos.py's outputs in its results/, and their metrics.json with the page's run
-record) in <output_dir>/searches/; a folder's DINOv2 photo index is kept in <output_dir>/index/
-and reused by every later search of that folder. Searches run one at a time: a second one waits
-in the queue. The page calls the same code as search_photos.py (utils/photo_search.py) and shows
-the same ranking; its API (the "search" endpoint) serves gradio_client.
+Serves a Gradio page on http://127.0.0.1:7860. Upload a photo of your object and show it: click on
+it (a point on the object; a right click, or the toggle, for a point not on it), drag a box around
+it, or paint over it, or upload its mask; the mask SAM2 makes of your clicks appears at once, and
+is exactly what the search tracks. "Add this reference" keeps it and takes another photo of the
+same object (k-shot). Then give a folder under --photos_root or upload photos and videos, press
+Search and watch the progress bar. The results are the photos and videos ranked by SAM2's score,
+each with its mask where the object is found (a video: its best frame, the times where the object
+is present, and a clip of its frames with the masks), and downloads of rankings.csv and the masks.
+
+A shared machine is the expected case (README "On a web page"): the page reads only under
+--photos_root (default: the current folder), links resolved, and never its own --output_dir; it
+serves only files it made for a search, under names nobody can guess; the queue is the only way to
+run a search (one at a time, --queue_size waiting, --time_limit each, a Cancel button); requests
+for another host name than the served ones are refused (DNS rebinding); uploads, files, pixels and
+references are limited by flags; searches are removed after --keep_hours or beyond
+--max_storage_mb. Each search writes its folder (the "Your own photos" layout, search_photos.py's
+outputs in results/, their metrics.json with the page's run record) under <output_dir>/searches/;
+a folder's DINOv2 photo index is kept in <output_dir>/index/. The page calls the same code as
+search_photos.py: the same prompts and checks (utils/prompts.py), the same search
+(utils/photo_search.py), the same metrics writer.
 """
 import hashlib
 import io
+import json
+import re
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
 import time
-import uuid
 import zipfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import uvicorn
+from fastapi import FastAPI
 from PIL import Image
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from utils.cli import CliParser, add_dinov2_args, add_sam2_args, run_cli, run_record, setup
-from utils.errors import UserError, check_positive
-from utils.io import atomic_write_bytes, save_json, save_png
-from utils.loaders.common import image_size, open_image, read_mask
-from utils.loaders.custom import load_custom
-from utils.photo_search import SearchOptions, load_models, mask_file, search, summary_metrics
-from utils.pseudo_video import SCORES
+from utils import dinov2
+from utils.cli import (CliParser, add_sam2_args, add_search_args, positive_int, run_cli, run_record, sam2_run,
+                       search_options, setup, write_metrics)
+from utils.errors import UserError
+from utils.images import PHOTO_SUFFIXES, decode, image_size, read_mask
+from utils.io import atomic_write_bytes, save_png
+from utils.loaders.custom import Bounds, Library, library_files
+from utils.photo_search import (Models, mask_image, photo_mask_file, search, shot_masks_of, summary_metrics,
+                                video_frame_images, video_mask_file)
+from utils.prompts import Prompt, ReferenceFrame, mask_prompt, parse_prompt
+from utils.pseudo_video import SCORES, PseudoVideo, prepare_frame
+from utils.video import VIDEO_SUFFIXES
 from utils.vis import overlay, with_prompt
 
-SHOWN = 48  # photos in the result gallery (every one is in rankings.csv)
+SHOWN = 48  # results in the gallery (every one is in rankings.csv)
+DISPLAY_SIDE = 1024  # the reference photo is shown at most this large; clicks are scaled back
+CLIP_FRAMES, CLIP_SIDE = 120, 480  # a video result's clip: at most this many frames, this wide
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+# Clicks on the reference photo: a click adds a point, a drag draws a box, a right click adds a
+# point not on the object. Each goes to the page through the hidden #click_event box, in the
+# displayed image's natural pixels (the image is drawn with object-fit: contain).
+CLICKS_JS = """
+<script>
+(() => {
+  let start = null;
+  const shown = () => document.querySelector('#preview img');
+  const natural = (img, e) => {
+    const r = img.getBoundingClientRect();
+    const scale = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+    const left = r.left + (r.width - img.naturalWidth * scale) / 2;
+    const top = r.top + (r.height - img.naturalHeight * scale) / 2;
+    return [(e.clientX - left) / scale, (e.clientY - top) / scale, scale];
+  };
+  const send = (event) => {
+    const box = document.querySelector('#click_event textarea, #click_event input');
+    box.value = JSON.stringify({...event, nonce: Math.random()});
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+  };
+  const onPhoto = (e) => e.target === shown();
+  document.addEventListener('mousedown', (e) => {
+    if (onPhoto(e) && e.button === 0) { start = natural(shown(), e); e.preventDefault(); }
+  });
+  document.addEventListener('mouseup', (e) => {
+    const img = shown();
+    if (!start || !img || e.button !== 0) { start = null; return; }
+    const [x, y, scale] = natural(img, e), size = [img.naturalWidth, img.naturalHeight];
+    const [x0, y0] = start;
+    start = null;
+    if (Math.hypot(x - x0, y - y0) * scale < 6) send({kind: 'point', x: x0, y: y0, size, button: 'left'});
+    else send({kind: 'box', x: x0, y: y0, x2: x, y2: y, size});
+  });
+  document.addEventListener('contextmenu', (e) => {
+    if (!onPhoto(e)) return;
+    e.preventDefault();
+    const [x, y] = natural(shown(), e);
+    send({kind: 'point', x, y, size: [shown().naturalWidth, shown().naturalHeight], button: 'right'});
+  });
+})();
+</script>
+"""
+CSS = "#click_event {display: none !important}"
 
 
 def get_args_parser() -> CliParser:
     parser = CliParser(__doc__)
     add_sam2_args(parser)
-    add_dinov2_args(parser, None, 224, "short_side_crop",
-                    "shortlist the photos with this DINOv2 (hub id or local folder) before SAM2")
-    parser.add_argument("--shortlist", type=int, default=50, help="with --dinov2: photos per search that go to SAM2")
+    add_search_args(parser, visualize=False)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--photos_root", default=None,
-                        help="folders that can be searched must be under it (default: any on 127.0.0.1, "
-                             "the current folder otherwise)")
+    parser.add_argument("--allowed_hosts", nargs="+", default=None,
+                        help="host names a browser may use to reach the page (default: loopback names, --host, and "
+                             "this machine's name and addresses); other Host headers are refused")
+    parser.add_argument("--photos_root", default=".",
+                        help="every folder and file a search reads must be under it, links resolved (default: the "
+                             "current folder); --output_dir is never searched")
     parser.add_argument("--output_dir", default="outputs/app", help="searches and photo indexes")
+    limits = Limits()
+    for flag, field, what in LIMIT_FLAGS:
+        parser.add_argument(f"--{flag}", type=float if field == "keep_hours" else positive_int,
+                            default=getattr(limits, field), help=what)
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
 
-class PhotoSearchPage:
-    """The page's work: references from the page's inputs, a search folder, the search, the results."""
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the page; each a flag (`LIMIT_FLAGS`), these its defaults."""
+    upload_mb: int = 100
+    files: int = 5000
+    megapixels: int = 100
+    references: int = 8
+    queue: int = 16
+    seconds: int = 1800
+    keep_hours: float = 24
+    storage_mb: int = 5000
 
-    def __init__(self, models, options: SearchOptions, run, output_dir: Path, photos_root: Path | None,
-                 record: dict):
-        self.models, self.options, self.run = models, options, run
-        self.output_dir, self.photos_root, self.record = Path(output_dir), photos_root, record
+    @property
+    def pixels(self) -> int:
+        return self.megapixels * 10**6
+
+
+LIMIT_FLAGS = (  # flag, Limits field, what it limits
+    ("max_upload_mb", "upload_mb", "size of an uploaded file, in MB"),
+    ("max_files", "files", "photos and videos per search (uploaded, or in the folder)"),
+    ("max_megapixels", "megapixels", "pixels of a photo or video frame, read from its header before decoding"),
+    ("max_references", "references", "reference photos per object"),
+    ("queue_size", "queue", "searches waiting at most"),
+    ("time_limit", "seconds", "seconds a search may run"),
+    ("keep_hours", "keep_hours", "searches older than this are removed"),
+    ("max_storage_mb", "storage_mb", "the searches' folders together; beyond it, the oldest are removed"),
+)
+
+
+class PhotoSearchPage:
+    """The page's work: references and their previews, a search folder, the search, the results."""
+
+    def __init__(self, models: Models, options, run, output_dir: Path, photos_root: Path, record: dict,
+                 limits: Limits):
+        self.models, self.options, self.run, self.record, self.limits = models, options, run, record, limits
+        self.output_dir, self.photos_root = Path(output_dir).resolve(), Path(photos_root).resolve()
+        self.served = Path(tempfile.mkdtemp(prefix="sam2_page_"))  # what a search hands to the browser
+        engine = models.sam2.engine
+        # the reference preview has an engine of its own (the same model): its cache keeps the last
+        # photos clicked on, so that a click costs the decoder only
+        self.preview_engine = PseudoVideo(engine.model, engine.amp, models.sam2.identity["compile"],
+                                          engine.static_batch)
+        self.preview_lock, self.cancelled = threading.Lock(), {}
 
     # -- the reference and its prompt ---------------------------------------------------------
 
-    @staticmethod
-    def corner(photo: str | None, box: str, first: list | None, event: gr.SelectData):
-        """A click on the reference photo: the first corner of a box, or the second (the box)."""
-        x, y = event.index
-        if first is None:
-            return f"{x} {y}", [x, y], preview(photo, None, [x, y])
-        box = f"{min(first[0], x)} {min(first[1], y)} {max(first[0], x) + 1} {max(first[1], y) + 1}"
-        return box, None, preview(photo, box, None)
+    def decode(self, photo: str):
+        """An uploaded photo as the search decodes it (pixels checked from the header first)."""
+        side = None if self.options.full_decode else self.models.sam2.engine.image_size
+        return decode(photo, exif=True, min_side=side, max_pixels=self.limits.pixels)
 
-    @staticmethod
-    def reference_loaded(photo: str | None):
-        """A new reference photo: its prompt starts empty; the painting canvas shows it.
-        Returns (box, first corner, preview, canvas, message)."""
-        if photo is None:
-            return "", None, None, None, ""
+    def reference_loaded(self, photo: str | None):
+        """A new reference photo: (its picture to click on, the painting canvas, prompt, mask,
+        message)."""
+        if not photo:
+            return None, None, "", None, ""
         try:
-            image = open_image(photo, exif=True)
+            shown = display(self.decode(photo).image)
         except UserError as err:
-            return "", None, None, None, message(err)
-        return "", None, image, {"background": image, "layers": [], "composite": image}, \
-            "Now click two opposite corners of your object (or paint over it, or upload its mask)"
+            return None, None, "", None, self.message(err)
+        return shown, {"background": shown, "layers": [], "composite": shown}, "", None, \
+            "Now click on your object (right click: a point not on it), drag a box around it, or paint over it"
 
-    def add_reference(self, references: list, photo, box, painted, mask_upload):
+    def clicked(self, photo: str | None, prompt: str, negative: bool, event: str) -> str:
+        """A click (a point) or a drag (the box) on the shown photo, added to the prompt's text."""
+        if not photo or not event:
+            return prompt
+        click = json.loads(event)
+        # the shown picture is the photo, upright, scaled by one factor
+        height, width = image_size(photo, exif=True, max_pixels=self.limits.pixels)
+        scale = width / click["size"][0]
+        if click["kind"] == "box":
+            x1, x2 = sorted((click["x"] * scale, click["x2"] * scale))
+            y1, y2 = sorted((click["y"] * scale, click["y2"] * scale))
+            box = [min(max(v, 0), limit) for v, limit in ((x1, width), (y1, height), (x2, width), (y2, height))]
+            lines = [line for line in prompt.splitlines() if len(line.split()) != 4]  # one box: the new one
+            return "\n".join([" ".join(f"{v:.1f}" for v in box), *lines])
+        label = 0 if negative or click["button"] == "right" else 1
+        x, y = min(max(click["x"] * scale, 0), width), min(max(click["y"] * scale, 0), height)
+        return "\n".join([*prompt.splitlines(), f"{x:.1f} {y:.1f} {label}"])
+
+    def preview(self, photo: str | None, prompt: str = "", painted: dict | None = None,
+                mask_upload: str | None = None):
+        """The reference photo with the mask SAM2 makes of its prompt, and that mask (what the
+        search tracks: `shot_masks_of`, the engine's frame-0 result): (picture, mask, message).
+        Also the API's "preview"."""
+        if not photo:
+            return None, None, ""
         try:
-            references = references + [reference(photo, box, painted, mask_upload)]
+            shot = self.shot(photo, prompt, painted, mask_upload)
+            if shot is None:
+                return display(self.decode(photo).image), None, ""
+            decoded = self.decode(photo)
+            with self.preview_lock:
+                frame = prepare_frame(decoded, self.preview_engine.image_size, f"{photo}:{Path(photo).stat().st_mtime_ns}")
+                mask = shot_masks_of(self.preview_engine, [frame], [shot.prompt])[0]
+                self.preview_engine.forget(self.preview_engine.cached[:-4])
         except UserError as err:
-            return references, reference_gallery(references), message(err)
-        return references, reference_gallery(references), f"{len(references)} reference(s) of your object; add " \
-            "another, or search"
+            return None, None, self.message(err)
+        shown = display(with_prompt(overlay(decoded.image, mask), None, shot.prompt.box, shot.prompt.points,
+                                    shot.prompt.labels))
+        return shown, Image.fromarray(mask_image(mask)), f"SAM2's mask of your object ({prompt_summary(shot.prompt)}): " \
+            f"{int(mask.sum()):,} pixels"
+
+    def shot(self, photo: str, prompt: str, painted: dict | None, mask_upload: str | None) -> ReferenceFrame | None:
+        """The reference photo with its prompt, checked as a prompt file is (utils/prompts.py): a
+        painted mask, else an uploaded mask, else the clicks' text; None if none is given."""
+        height, width = image_size(photo, exif=True, max_pixels=self.limits.pixels)
+        mask = painted_mask(painted, height, width)
+        if mask is None and mask_upload:
+            mask = read_mask(mask_upload, exif=True)
+        if mask is not None:
+            return ReferenceFrame(photo, mask_prompt(mask, height, width, "mask"))
+        if not prompt.strip():
+            return None
+        return ReferenceFrame(photo, parse_prompt(prompt, height, width, "prompt"))
+
+    def add_reference(self, references: list, photo, prompt, painted, mask_upload):
+        """"Add this reference": (references, their pictures, message, and the inputs emptied)."""
+        try:
+            references = references + [self.checked_shot(references, photo, prompt, painted, mask_upload)]
+        except UserError as err:
+            return references, self.reference_gallery(references), self.message(err), gr.update(), gr.update()
+        return references, self.reference_gallery(references), f"{len(references)} reference(s) of your object; " \
+            "add another, or search", None, ""
+
+    def checked_shot(self, references: list, photo, prompt, painted, mask_upload) -> ReferenceFrame:
+        if not photo:
+            raise UserError("no reference photo", "reference photo", "upload a photo of your object")
+        shot = self.shot(photo, prompt, painted, mask_upload)
+        if shot is None:
+            raise UserError("no point, box or mask", "reference photo",
+                            "click on your object, drag a box around it, paint over it, or upload its mask")
+        if len(references) >= self.limits.references:
+            raise UserError(f"more than {self.limits.references} references", "references",
+                            "search with these, or start the page with a larger --max_references")
+        return shot
+
+    def reference_gallery(self, references: list) -> list:
+        return [(display(with_prompt(decode(r.image, exif=True).image, r.prompt.mask, r.prompt.box, r.prompt.points,
+                                     r.prompt.labels)), f"reference {k}") for k, r in enumerate(references, start=1)]
 
     # -- the search ---------------------------------------------------------------------------
 
-    def search(self, references: list, photo, box, painted, mask_upload, name, folder, uploads, score,
+    def search(self, references: list, photo: str | None = None, prompt: str = "", painted: dict | None = None,
+               mask_upload: str | None = None, name: str = "my_object", folder: str | None = None,
+               uploads: list | None = None, score: str = "iou", request: gr.Request = None,
                progress=gr.Progress(track_tqdm=True)):  # noqa: ARG002 (gradio shows the search's own bars)
-        """The Search button (and the API's "search"): (gallery, downloads, ranking, message)."""
+        """The Search button (and the API's "search"): (gallery, clips, downloads, ranking, skipped,
+        message). Nothing of a search stays in the engine, whether it ends well or not."""
+        session = request.session_hash if request is not None else "api"
+        self.cancelled[session] = threading.Event()
         try:
-            shots = references + ([reference(photo, box, painted, mask_upload)] if photo else [])
+            self.sweep()
+            shots = list(references or [])
+            if photo and (prompt or "").strip() or painted_mask(painted) is not None or (photo and mask_upload):
+                shots.append(self.checked_shot(shots, photo, prompt or "", painted, mask_upload))
             if not shots:
-                raise UserError("no reference", "reference photo", "upload a photo of your object and draw its box "
-                                "(two clicks), paint it, or upload its mask")
-            root = self.output_dir / "searches" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-            index_dir = self.write_folder(root, safe_name(name), shots, folder, uploads)
-            data = load_custom(root)
-            summary = search(data, self.models, replace(self.options, score=score, index_dir=index_dir),
-                             root / "results", self.run)
-            save_json(root / "results" / "metrics.json", {
-                **summary_metrics(summary, score),
-                "run": {**self.record, "encoder_passes": summary["encoder_passes"], "index": summary["index"],
-                        "search": {"references": len(shots), "folder": folder if not uploads else None,
-                                   "uploaded_photos": len(uploads or [])}}})
+                raise UserError("no reference", "reference photo", "upload a photo of your object and click on it, "
+                                "drag a box around it, paint it, or upload its mask")
+            root = self.output_dir / "searches" / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(8)}"
+            library, index_dir = self.library(root, safe_name(name), shots, folder, uploads)
+            summary = search(library, self.models, replace(self.options, score=score, index_dir=index_dir),
+                             root / "results", self.run, self.interrupt(session))
+            write_metrics(root / "results", summary_metrics(summary, score), self.record,
+                          encoder_passes=summary["encoder_passes"], index=summary["index"],
+                          search={"references": len(shots), "folder": folder if not uploads else None,
+                                  "uploaded": len(uploads or [])})
         except UserError as err:
-            return [], None, None, message(err)
-        object_name = next(iter(summary["rankings"]))
-        ranked = summary["rankings"][object_name]
-        gallery = [(result_image(data, root / "results", object_name, row), f"{rank}. {caption(row)}")
-                   for rank, row in enumerate(ranked[:SHOWN], start=1)]
-        found = len(summary["found"][object_name])
-        text = (f"Found in {found} of {len(ranked)} photos searched ({summary['photos']} in the folder); "
-                f"best first, masks overlaid where found. Results in {root / 'results'}")
-        return gallery, downloads(root / "results"), ranking_json(ranked), text
+            return [], [], None, None, "", self.message(err)
+        finally:
+            self.models.sam2.reset()
+            self.cancelled.pop(session, None)
+        return self.results(library, summary, root / "results")
 
-    def write_folder(self, root: Path, name: str, shots: list, folder: str | None, uploads) -> Path | None:
-        """The search folder in the "Your own photos" layout; returns the photo index's folder."""
+    def interrupt(self, session: str):
+        """Called between units of work: stops a search that was cancelled or ran too long."""
+        deadline, cancelled = time.monotonic() + self.limits.seconds, self.cancelled[session]
+
+        def check():
+            if cancelled.is_set():
+                raise UserError("search cancelled", "Cancel", "press Search to start again")
+            if time.monotonic() > deadline:
+                raise UserError(f"the search took longer than the page's limit of {self.limits.seconds} s",
+                                "search", "search fewer photos, or ask for a larger --time_limit")
+        return check
+
+    def cancel(self, request: gr.Request = None) -> str:
+        event = self.cancelled.get(request.session_hash if request is not None else "api")
+        if event is None:
+            return "No search is running"
+        event.set()
+        return "Cancelling the search..."
+
+    def library(self, root: Path, name: str, shots: list[ReferenceFrame], folder: str | None,
+                uploads: list | None) -> tuple[Library, Path | None]:
+        """The search's folder in the "Your own photos" layout (its prompts written beside their
+        photos, for the record) and the library read from it; and the photo index's folder."""
+        objects = []
         for k, shot in enumerate(shots, start=1):
             stem = name if k == 1 else f"{name}_{k}"
-            atomic_write_bytes(root / "references" / f"{stem}.jpg", jpeg_bytes(shot["photo"]))
-            if shot["mask"] is not None:
-                save_png(root / "references" / f"{stem}.png", shot["mask"].astype(np.uint8) * 255)
+            suffix = Path(shot.image).suffix.lower() if Path(shot.image).suffix.lower() in PHOTO_SUFFIXES else ".jpg"
+            image = f"references/{stem}{suffix}"
+            atomic_write_bytes(root / image, Path(shot.image).read_bytes())
+            if shot.prompt.mask is not None:
+                save_png(root / "references" / f"{stem}.mask.png", mask_image(shot.prompt.mask))
             else:
-                box = " ".join(f"{v:g}" for v in shot["box"])
-                atomic_write_bytes(root / "references" / f"{stem}.txt", f"{box}\n".encode())
+                atomic_write_bytes(root / "references" / f"{stem}.txt", shot.prompt.text().encode())
+            objects.append(ReferenceFrame(image, shot.prompt))
+        bounds = Bounds(self.photos_root, excluded=(self.output_dir,), own=(root.resolve(),))
         if uploads:
+            if len(uploads) > self.limits.files:
+                raise UserError(f"{len(uploads)} files uploaded, more than the page's {self.limits.files}",
+                                "photos", "upload fewer, or give a folder")
             for k, upload in enumerate(uploads):
-                atomic_write_bytes(root / "images" / f"{k:05d}_{Path(upload).name}", Path(upload).read_bytes())
-            return None
-        photos = self.photo_folder(folder)
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "images").symlink_to(photos, target_is_directory=True)
-        return self.output_dir / "index" / hashlib.sha1(str(photos).encode()).hexdigest()[:16]
+                atomic_write_bytes(root / "images" / f"{k:05d}_{safe_name(Path(upload).name)}",
+                                   Path(upload).read_bytes())
+            index_dir = None
+        else:
+            photos = self.photo_folder(folder)
+            (root / "images").symlink_to(photos, target_is_directory=True)
+            index_dir = self.output_dir / "index" / hashlib.sha1(str(photos).encode()).hexdigest()[:16]
+        photos, videos, skipped = library_files(root, bounds, self.limits.pixels)
+        if len(photos) + len(videos) > self.limits.files:
+            raise UserError(f"the folder holds {len(photos) + len(videos)} photos and videos, more than the page's "
+                            f"{self.limits.files}", "folder", "choose a smaller folder, or ask for a larger --max_files")
+        return Library(root, {name: objects}, photos, videos, skipped, bounds), index_dir
 
     def photo_folder(self, folder: str | None) -> Path:
         if not folder or not folder.strip():
-            raise UserError("no photos to search", "photos", "give a folder on this computer, or upload photos")
-        path = Path(folder.strip()).expanduser().resolve()
+            raise UserError("no photos to search", "photos", "give a folder, or upload photos and videos")
+        given = Path(folder.strip()).expanduser()
+        path = (given if given.is_absolute() else self.photos_root / given).resolve()
+        if not path.is_relative_to(self.photos_root) or path.is_relative_to(self.output_dir):
+            raise UserError("this folder cannot be searched from here", f"folder {folder.strip()}",
+                            "choose a folder under the page's photo folder, or upload the photos")
         if not path.is_dir():
             raise UserError("folder not found", f"folder {folder.strip()}", "give the path of a folder of photos")
-        if self.photos_root is not None and not path.is_relative_to(self.photos_root):
-            raise UserError("this folder cannot be searched from here", f"folder {folder.strip()}",
-                            f"choose a folder under {self.photos_root}, or upload the photos")
         return path
 
+    def results(self, library: Library, summary: dict, results: Path):
+        """(gallery, clips of found videos, downloads, ranking, skipped files, message)."""
+        name = next(iter(summary["rankings"]))
+        ranked = summary["rankings"][name]
+        served = self.served / secrets.token_hex(8)
+        gallery = [(self.result_picture(library, results, name, row), f"{rank}. {caption(row)}")
+                   for rank, row in enumerate(ranked[:SHOWN], start=1)]
+        clips = [(str(self.clip(library, results, name, row, served)), caption(row))
+                 for row in ranked[:SHOWN] if "frames" in row and row["found"]]
+        found = len(summary["found"][name])
+        skipped = "\n".join(f"- {s.file}: {s.reason}" for s in summary["skipped"])
+        text = (f"Found in {found} of {len(ranked)} photos and videos searched ({summary['photos']} photos and "
+                f"{summary['videos']} videos in the folder); best first, masks overlaid where found"
+                + (f"; {len(summary['skipped'])} files skipped (below)" if summary["skipped"] else ""))
+        return gallery, clips, downloads(results, served), ranking_json(ranked), skipped, text
 
-def reference(photo: str | None, box: str, painted: dict | None, mask_upload: str | None) -> dict:
-    """A reference photo and its prompt from the page's inputs: a painted mask, else an uploaded
-    mask, else the box; the photo as the search will read it (EXIF-oriented)."""
-    if not photo:
-        raise UserError("no reference photo", "reference photo", "upload a photo of your object")
-    height, width = image_size(photo, exif=True)
-    mask = painted_mask(painted)
-    if mask is None and mask_upload:
-        mask = read_mask(mask_upload, exif=True)
-    if mask is not None:
-        if mask.shape != (height, width):
-            raise UserError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the photo {width}x{height}",
-                            "mask", "upload a mask of the photo's size, or paint on the photo")
-        if not mask.any():
-            raise UserError("the mask is empty", "mask", "paint over your object, or upload its mask in white on black")
-        return {"photo": photo, "mask": mask, "box": None}
-    try:
-        x1, y1, x2, y2 = (float(v) for v in box.split())
-    except (ValueError, AttributeError):
-        raise UserError("no box, painted mask or mask file", "reference photo",
-                        "click two opposite corners of your object, paint over it, or upload its mask") from None
-    if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
-        raise UserError(f"the box {box} is not inside the {width}x{height} photo", "box",
-                        "click two corners on the photo, or write x1 y1 x2 y2 within it")
-    return {"photo": photo, "mask": None, "box": (x1, y1, x2, y2)}
+    def result_picture(self, library: Library, results: Path, name: str, row: dict) -> Image.Image:
+        if "frames" in row:
+            image = video_frame_images(library, row["image"], self.options.video_fps, {row["frame"]})[row["frame"]]
+            mask_file = results / video_mask_file(library, name, row["image"], row["frame"])
+        else:
+            image, mask_file = library.open(row["image"]), results / photo_mask_file(library, name, row["image"])
+        return display(overlay(image, read_mask(mask_file)) if mask_file.is_file() else image)
+
+    def clip(self, library: Library, results: Path, name: str, row: dict, served: Path) -> Path:
+        """A video result's sampled frames with the masks overlaid, as an animated WebP."""
+        frames = row["frames"][:: max(1, len(row["frames"]) // CLIP_FRAMES)][:CLIP_FRAMES]
+        images = video_frame_images(library, row["image"], self.options.video_fps, {f["frame"] for f in frames})
+        pictures = []
+        for frame in frames:
+            mask_file = results / video_mask_file(library, name, row["image"], frame["frame"])
+            image = overlay(images[frame["frame"]], read_mask(mask_file)) if mask_file.is_file() else images[frame["frame"]]
+            pictures.append(display(image, CLIP_SIDE))
+        buffer = io.BytesIO()
+        step_ms = 1000 * (frames[1]["time"] - frames[0]["time"]) if len(frames) > 1 else 500
+        pictures[0].save(buffer, format="WEBP", save_all=True, append_images=pictures[1:], duration=max(40, step_ms),
+                         loop=0, quality=80)
+        return atomic_write_bytes(served / f"{library.result_stem(row['image']).replace('/', '_')}.webp",
+                                  buffer.getvalue())
+
+    def sweep(self) -> None:
+        """Remove the searches older than --keep_hours, then the oldest while they pass
+        --max_storage_mb (and what was handed to the browser for them)."""
+        folders = sorted(p for p in (self.output_dir / "searches").glob("*") if p.is_dir()) \
+            if (self.output_dir / "searches").is_dir() else []
+        served = sorted(self.served.glob("*"))
+        now, keep = time.time(), self.limits.keep_hours * 3600
+        sizes = {f: sum(p.stat().st_size for p in f.rglob("*") if p.is_file() and not p.is_symlink()) for f in folders}
+        total = sum(sizes.values())
+        for folder in folders:
+            if now - folder.stat().st_mtime > keep or total > self.limits.storage_mb * 2**20:
+                shutil.rmtree(folder, ignore_errors=True)
+                total -= sizes[folder]
+        for folder in served:
+            if now - folder.stat().st_mtime > keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def message(self, err: UserError) -> str:
+        """An error as the page shows it: no path of this machine, only file names."""
+        return f"**{err.what}** ({hide_paths(err.where)}): {hide_paths(err.fix)}"
 
 
-def painted_mask(painted: dict | None) -> np.ndarray | None:
-    """What was painted on the canvas (any layer's opaque pixels), or None."""
+def hide_paths(text: str) -> str:
+    """Absolute paths in `text` cut to their last part (a remote user sees file names only)."""
+    return re.sub(r"(?<![\w.])/(?:[^\s/():,'\"]+/)*([^\s/():,'\"]*)", lambda m: m.group(1) or "/", text)
+
+
+def display(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
+    """A picture for the page: at most `side` pixels on its longer side."""
+    scale = side / max(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale)))) if scale < 1 else image
+
+
+def painted_mask(painted: dict | None, height: int | None = None, width: int | None = None) -> np.ndarray | None:
+    """What was painted on the canvas (any layer's opaque pixels), at the photo's size, or None."""
     layers = (painted or {}).get("layers") or []
     masks = [np.asarray(Image.open(layer) if isinstance(layer, str) else layer)[..., -1] > 0 for layer in layers]
-    painted = np.logical_or.reduce(masks) if masks else None
-    return painted if painted is not None and painted.any() else None
+    mask = np.logical_or.reduce(masks) if masks else None
+    if mask is None or not mask.any():
+        return None
+    if height is not None and mask.shape != (height, width):  # painted on the shown, smaller picture
+        mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+    return mask
 
 
-def jpeg_bytes(photo: str) -> bytes:
-    """The reference photo as a JPEG: a JPEG's own bytes (its EXIF kept), else re-encoded (the
-    "Your own photos" layout takes JPEG references; a PNG beside one is its mask)."""
-    path = Path(photo)
-    with Image.open(path) as image:
-        if image.format == "JPEG":
-            return path.read_bytes()
-    buffer = io.BytesIO()
-    open_image(path, exif=True).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
+def prompt_summary(prompt: Prompt) -> str:
+    """What a prompt holds, in words: `mask`, or `box, 2 points on it, 1 not`."""
+    if prompt.mask is not None:
+        return "mask"
+    on = sum(prompt.labels)
+    parts = (["box"] if prompt.box is not None else []) + ([f"{on} point{'s' * (on != 1)} on it"] if on else []) + \
+        ([f"{len(prompt.labels) - on} not"] if len(prompt.labels) > on else [])
+    return ", ".join(parts)
 
 
 def safe_name(name: str | None) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in (name or "").strip())
-    return cleaned.strip("_") or "my_object"
-
-
-def preview(photo: str | None, box: str | None, point) -> Image.Image | None:
-    """The reference photo with its box (or first corner) drawn."""
-    if not photo:
-        return None
-    image = open_image(photo, exif=True)
-    if box:
-        return with_prompt(image, box=tuple(float(v) for v in box.split()))
-    x, y = point
-    return with_prompt(image, box=(max(0, x - 3), max(0, y - 3), x + 3, y + 3))
-
-
-def reference_gallery(references: list) -> list:
-    return [(with_prompt(open_image(r["photo"], exif=True), r["mask"], r["box"]), f"reference {k}")
-            for k, r in enumerate(references, start=1)]
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in (name or "").strip())
+    return cleaned.strip("_.") or "my_object"
 
 
 def caption(row: dict) -> str:
     where = Path(row["image"]).relative_to("images")
-    return f"{where} — {row['score']:.3f}" + (" · found" if row["found"] else "")
+    text = f"{where} — {row['score']:.3f}" + (" · found" if row["found"] else "")
+    if "frames" in row:
+        from utils.photo_search import presence_ranges
+
+        spans = ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in presence_ranges(row["frames"]))
+        text += f" · best at {row['time']:.1f} s" + (f" · present {spans}" if spans else "")
+    return text
 
 
-def result_image(data, results: Path, name: str, row: dict) -> Image.Image:
-    photo = data.open(row["image"])
-    return overlay(photo, read_mask(results / mask_file(name, row["image"]))) if row["found"] else photo
-
-
-def downloads(results: Path) -> list[str]:
-    """rankings.csv, and the masks in one zip."""
+def downloads(results: Path, served: Path) -> list[str]:
+    """rankings.csv, and the masks in one zip, copied where the page serves them from."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
         for path in sorted((results / "masks").rglob("*.png")):
             bundle.write(path, path.relative_to(results))
-    return [str(results / "rankings.csv"), str(atomic_write_bytes(results / "masks.zip", buffer.getvalue()))]
+    return [str(atomic_write_bytes(served / "rankings.csv", (results / "rankings.csv").read_bytes())),
+            str(atomic_write_bytes(served / "masks.zip", buffer.getvalue()))]
 
 
 def ranking_json(ranked: list[dict]) -> list[dict]:
-    return [{"image": r["image"], "score": r["score"], "found": r["found"]} for r in ranked]
+    return [{"image": r["image"], "score": r["score"], "found": r["found"],
+             **({"time": r["time"]} if "time" in r else {})} for r in ranked]
 
 
-def message(err: UserError) -> str:
-    return f"**{err.what}** ({err.where}): {err.fix}"
-
-
-def build_page(page: PhotoSearchPage, dinov2: bool) -> gr.Blocks:
-    with gr.Blocks(title="Find your object in your photos", analytics_enabled=False) as demo:
-        gr.Markdown("# Find your object in your photos\nSAM2 looks for the object of your reference photo in every "
-                    "photo and segments it where it is found.")
-        references, first_corner = gr.State([]), gr.State(None)
+def build_page(page: PhotoSearchPage, dinov2_shortlist: bool) -> gr.Blocks:
+    options = page.options
+    media = ["image", "video", *PHOTO_SUFFIXES, *VIDEO_SUFFIXES]
+    with gr.Blocks(title="Find your object in your photos", analytics_enabled=False,
+                   delete_cache=(3600, int(page.limits.keep_hours * 3600))) as demo:
+        gr.Markdown("# Find your object in your photos and videos\nSAM2 looks for the object of your reference "
+                    "photo in every photo and video and segments it where it is found.")
+        references = gr.State([])
         with gr.Row():
             with gr.Column():
-                photo = gr.File(file_types=["image"], label="1. A photo of your object", elem_id="reference")
-                shown = gr.Image(label="click two opposite corners of your object", interactive=False,
-                                 elem_id="preview")
-                box = gr.Textbox(label="its box, x1 y1 x2 y2 (filled by your clicks)", elem_id="box")
+                photo = gr.File(file_types=["image", *PHOTO_SUFFIXES], label="1. A photo of your object",
+                                elem_id="reference")
+                shown = gr.Image(label="click on your object (right click: not on it), or drag a box around it",
+                                 interactive=False, elem_id="preview", buttons=[])
+                with gr.Row():
+                    negative = gr.Checkbox(label="clicks are points NOT on the object", elem_id="negative")
+                    undo = gr.Button("Undo", size="sm", elem_id="undo")
+                    clear = gr.Button("Clear", size="sm", elem_id="clear")
+                prompt = gr.Textbox(label="its prompt: a box 'x1 y1 x2 y2' and points 'x y 1' (on it) or 'x y 0' "
+                                    "(filled by your clicks)", lines=3, elem_id="prompt")
+                click_event = gr.Textbox(elem_id="click_event")
+                mask = gr.Image(label="the mask SAM2 tracks", interactive=False, elem_id="reference_mask",
+                                image_mode="L", format="png", buttons=[])
                 with gr.Accordion("...or its mask", open=False):
                     painted = gr.ImageEditor(label="paint over your object", type="numpy", sources=(),
                                              brush=gr.Brush(colors=["#ff3030"], default_size=20),
@@ -274,43 +529,98 @@ def build_page(page: PhotoSearchPage, dinov2: bool) -> gr.Blocks:
                 add = gr.Button("Add this reference (more photos of the object: better results)", elem_id="add")
                 added = gr.Gallery(label="references", columns=4, height=160, elem_id="references")
             with gr.Column():
-                folder = gr.Textbox(label="2. A folder of photos on this computer", elem_id="folder")
-                uploads = gr.File(file_count="multiple", file_types=["image"], label="...or upload photos",
+                folder = gr.Textbox(label="2. A folder of photos and videos under the page's photo folder",
+                                    elem_id="folder")
+                uploads = gr.File(file_count="multiple", file_types=media, label="...or upload photos and videos",
                                   elem_id="uploads")
-                score = gr.Dropdown(list(SCORES), value=page.options.score, label="ranked by the SAM2 score")
-                gr.Markdown(f"A DINOv2 shortlist of {page.options.shortlist} photos goes to SAM2" if dinov2 else
-                            "Every photo goes to SAM2 (start the page with --dinov2 for large folders)")
-                go = gr.Button("Search", variant="primary", elem_id="search")
+                score = gr.Dropdown(list(SCORES), value=options.score, label="ranked by the SAM2 score")
+                gr.Markdown(f"A DINOv2 shortlist of {options.shortlist} photos and videos goes to SAM2"
+                            if dinov2_shortlist else "Every photo and video goes to SAM2 (start the page with --dinov2 "
+                            "for large folders)")
+                with gr.Row():
+                    go = gr.Button("Search", variant="primary", elem_id="search")
+                    stop = gr.Button("Cancel", elem_id="cancel")
                 status = gr.Markdown(elem_id="status")
-        results = gr.Gallery(label="photos, best first", columns=6, height="auto", elem_id="results")
+        results = gr.Gallery(label="photos and videos, best first (click one to see it large)", columns=6,
+                             height="auto", elem_id="results")
+        clips = gr.Gallery(label="videos where the object is found: their frames with the masks", columns=3,
+                           height="auto", elem_id="clips")
         files = gr.File(label="downloads: rankings.csv and the masks", file_count="multiple", elem_id="downloads")
+        with gr.Accordion("skipped files", open=False):
+            skipped = gr.Markdown(elem_id="skipped")
         with gr.Accordion("ranking (JSON)", open=False):
             ranking = gr.JSON(elem_id="ranking")
 
-        photo.upload(page.reference_loaded, photo, [box, first_corner, shown, painted, status], concurrency_limit=None)
-        shown.select(page.corner, [photo, box, first_corner], [box, first_corner, shown], concurrency_limit=None)
-        add.click(page.add_reference, [references, photo, box, painted, mask_upload], [references, added, status],
-                  concurrency_limit=None)
-        go.click(page.search, [references, photo, box, painted, mask_upload, name, folder, uploads, score],
-                 [results, files, ranking, status], api_name="search", concurrency_id="sam2", concurrency_limit=1)
-    return demo
+        light = {"concurrency_limit": 2, "concurrency_id": "light", "api_visibility": "private"}
+        private = {"queue": False, "api_visibility": "private"}
+        previewed = {"concurrency_limit": 1, "concurrency_id": "preview", "trigger_mode": "always_last"}
+        photo.upload(page.reference_loaded, photo, [shown, painted, prompt, mask, status], **light)
+        click_event.change(page.clicked, [photo, prompt, negative, click_event], prompt, **private)
+        undo.click(lambda text: "\n".join(text.splitlines()[:-1]), prompt, prompt, **private)
+        clear.click(lambda: "", None, prompt, **private)
+        prompt.change(page.preview, [photo, prompt, painted, mask_upload], [shown, mask, status], api_name="preview",
+                      **previewed)
+        for source in (painted.change, mask_upload.change):
+            source(page.preview, [photo, prompt, painted, mask_upload], [shown, mask, status],
+                   api_visibility="private", **previewed)
+        add.click(page.add_reference, [references, photo, prompt, painted, mask_upload],
+                  [references, added, status, photo, prompt], **light)
+        go.click(page.search, [references, photo, prompt, painted, mask_upload, name, folder, uploads, score],
+                 [results, clips, files, ranking, skipped, status], api_name="search", concurrency_id="sam2",
+                 concurrency_limit=1)
+        stop.click(page.cancel, None, status, **private)
+    return demo.queue(api_open=False, max_size=page.limits.queue, default_concurrency_limit=1)
+
+
+def allowed_hosts(host: str, given: list[str] | None) -> list[str]:
+    """Host names a request may carry: as given, else loopback, --host and this machine's names."""
+    if given:
+        return given
+    names = {*LOOPBACK_HOSTS, socket.gethostname(), socket.getfqdn()}
+    if host not in ("0.0.0.0", "::"):
+        names.add(host)
+    else:
+        try:
+            names.update(socket.gethostbyname_ex(socket.gethostname())[2])
+        except OSError:
+            pass
+    return sorted(names)
 
 
 def page_from_args(args) -> tuple[PhotoSearchPage, gr.Blocks]:
-    check_positive(args.shortlist, "--shortlist")
     run = setup(args, distributed=False)
-    models = load_models(args.sam2_cfg, args.sam2_checkpoint, args.compile, args.dinov2, run)
-    options = SearchOptions(shortlist=args.shortlist, dinov2_resolution=args.dinov2_resolution,
-                            dinov2_preprocess=args.dinov2_preprocess, dinov2_batch_size=args.dinov2_batch_size)
-    photos_root = Path(args.photos_root).resolve() if args.photos_root else (
-        None if args.host in ("127.0.0.1", "localhost") else Path.cwd())
-    page = PhotoSearchPage(models, options, run, Path(args.output_dir), photos_root, run_record(args, run))
-    return page, build_page(page, args.dinov2 is not None).queue(default_concurrency_limit=1)
+    models = Models(sam2_run(args, run), dinov2.load_dinov2(args.dinov2, run.device, run.amp) if args.dinov2 else None,
+                    args.dinov2)
+    photos_root = Path(args.photos_root).expanduser().resolve()
+    if not photos_root.is_dir():
+        raise UserError("folder not found", f"--photos_root {args.photos_root}", "give the folder that holds the photos")
+    limits = Limits(**{field: getattr(args, flag) for flag, field, _ in LIMIT_FLAGS})
+    page = PhotoSearchPage(models, search_options(args), run, Path(args.output_dir), photos_root,
+                           run_record(args, run), limits)
+    return page, build_page(page, args.dinov2 is not None)
+
+
+def web_app(page: PhotoSearchPage, demo: gr.Blocks, hosts: list[str]) -> FastAPI:
+    """The page as an ASGI app: requests for other host names refused, uploads limited, no file
+    served but those a search made (Gradio's cache)."""
+    app = FastAPI()
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
+    return gr.mount_gradio_app(app, demo, path="", max_file_size=f"{page.limits.upload_mb}mb", allowed_paths=[],
+                               head=CLICKS_JS, css=CSS, show_error=False, footer_links=[])
+
+
+def serve(page: PhotoSearchPage, demo: gr.Blocks, host: str, port: int, hosts: list[str]) -> uvicorn.Server:
+    """The page's server (run it with `.run()`, or in a thread)."""
+    return uvicorn.Server(uvicorn.Config(web_app(page, demo, hosts), host=host, port=port, log_level="warning"))
 
 
 def main(args) -> None:
-    _, demo = page_from_args(args)
-    demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(Path(args.output_dir).resolve())])
+    page, demo = page_from_args(args)
+    page.sweep()
+    hosts = allowed_hosts(args.host, args.allowed_hosts)
+    print(f"the page: http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port} "
+          f"(host names accepted: {', '.join(hosts)}; photos under {page.photos_root})")
+    serve(page, demo, args.host, args.port, hosts).run()
 
 
 if __name__ == "__main__":

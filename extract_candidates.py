@@ -12,9 +12,10 @@ topk_candidates_ilias.py. Next: sam2_reranking.py with the same --rerank_depth.
 from pathlib import Path
 
 import numpy as np
-from utils.cli import CliParser, add_ilias_source_args, finish, format_table, run_cli, setup
+from utils.cli import (CliParser, add_ilias_dir_args, add_ilias_source_args, finish, format_table, positive_int,
+                       run_cli, setup)
 from utils.errors import UserError
-from utils.ilias_store import image_file, load_topk, shard_record, write_image
+from utils.ilias_store import OUTPUTS, image_file, load_topk, shard_record, write_image
 from utils.loaders.ilias import read_shard, shard_location
 from utils.loops import progress
 
@@ -22,11 +23,10 @@ from utils.loops import progress
 def get_args_parser() -> CliParser:
     parser = CliParser(__doc__)
     add_ilias_source_args(parser)
-    parser.add_argument("--rerank_depth", type=int, default=100, help="candidates per query that will be re-ranked")
-    parser.add_argument("--topk_dir", default="outputs/ilias", help="holds topk_indices.npy, topk_meta.json")
-    parser.add_argument("--features_dir", default="outputs/ilias/features")
-    parser.add_argument("--images_dir", default="outputs/ilias/images")
-    parser.add_argument("--output_dir", default="outputs/ilias/extract_candidates")
+    parser.add_argument("--rerank_depth", type=positive_int, default=100,
+                        help="candidates per query that will be re-ranked")
+    add_ilias_dir_args(parser, "topk", "features", "images")
+    parser.add_argument("--output_dir", default=f"{OUTPUTS}/extract_candidates")
     return parser
 
 

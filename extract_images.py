@@ -10,8 +10,8 @@ extract_candidates.py.
 """
 from pathlib import Path
 
-from utils.cli import CliParser, add_ilias_source_args, finish, format_table, run_cli, setup
-from utils.ilias_store import write_image
+from utils.cli import CliParser, add_ilias_dir_args, add_ilias_source_args, finish, format_table, run_cli, setup
+from utils.ilias_store import OUTPUTS, write_image
 from utils.loaders.ilias import read_shard, shard_location
 from utils.loops import progress
 
@@ -19,8 +19,8 @@ from utils.loops import progress
 def get_args_parser() -> CliParser:
     parser = CliParser(__doc__)
     add_ilias_source_args(parser)
-    parser.add_argument("--images_dir", default="outputs/ilias/images")
-    parser.add_argument("--output_dir", default="outputs/ilias/extract_images")
+    add_ilias_dir_args(parser, "images")
+    parser.add_argument("--output_dir", default=f"{OUTPUTS}/extract_images")
     return parser
 
 

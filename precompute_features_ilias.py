@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 from utils import dinov2
-from utils.cli import (ILIAS_SPLITS, CliParser, add_device_args, add_dinov2_args, add_ilias_source_args,
-                       add_output_args, finish, format_table, run_cli, setup)
+from utils.cli import (CliParser, add_device_args, add_dinov2_args, add_ilias_source_args, add_output_args, finish,
+                       format_table, positive_int, run_cli, setup)
 from utils.dist import Run, barrier
-from utils.errors import UserError, check_positive
-from utils.ilias_store import finished_shard, write_manifest, write_shard
+from utils.errors import UserError
+from utils.ilias_store import FEATURES_DIR, SPLITS, finished_shard, write_manifest, write_shard
 from utils.loaders.ilias import ShardBatches, shard_loader, shard_location
 from utils.loops import progress
 
@@ -29,16 +29,16 @@ from utils.loops import progress
 def get_args_parser() -> CliParser:
     parser = CliParser(__doc__)
     add_ilias_source_args(parser)
-    parser.add_argument("--split", choices=[*ILIAS_SPLITS, "all"], default="all")
+    parser.add_argument("--split", choices=[*SPLITS, "all"], default="all")
     add_dinov2_args(parser, "facebook/dinov2-small", 724, "large_side",
                     "DINOv2 hub id (any size) or local folder")
     parser.add_argument("--query_crop", choices=["none", "box"], default="none",
                         help="none: the whole query image (official); box: the query cropped to its box")
-    parser.add_argument("--max_distractors", type=int, default=None, help="use only the first N")
+    parser.add_argument("--max_distractors", type=positive_int, default=None, help="use only the first N")
     parser.add_argument("--skip_corrupt", action="store_true",
                         help="give undecodable images no feature (counted) instead of stopping")
     add_device_args(parser, "decoding processes (a process reads whole shards)")
-    add_output_args(parser, "outputs/ilias/features")
+    add_output_args(parser, FEATURES_DIR)
     return parser
 
 
@@ -108,12 +108,9 @@ def run_split(args, model, split: str, run: Run) -> dict:
 
 
 def main(args) -> dict:
-    check_positive(args.dinov2_batch_size, "--dinov2_batch_size")
-    if args.max_distractors is not None:
-        check_positive(args.max_distractors, "--max_distractors")
     run = setup(args)
     model = dinov2.load_dinov2(args.dinov2, run.device, run.amp)
-    splits = list(ILIAS_SPLITS) if args.split == "all" else [args.split]
+    splits = list(SPLITS) if args.split == "all" else [args.split]
     manifests = {split: run_split(args, model, split, run) for split in splits}
     if not run.is_main:
         return {}

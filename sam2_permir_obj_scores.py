@@ -21,18 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from utils import dinov2
-from utils.cli import (CliParser, add_dataset_args, add_dinov2_args, add_output_args, add_permirs_frames_arg,
-                       add_sam2_args, add_visualize_arg, data_path, finish, format_table, metric_row, run_cli, setup)
-from utils.dist import Run, barrier, sum_across_ranks, unfinished_share
-from utils.errors import UserError, check_positive
-from utils.io import Parts, pack_masks, save_npy, save_png, save_pt, unpack_masks
+from utils.cli import (CliParser, add_chunk_arg, add_dataset_args, add_dinov2_args, add_output_args,
+                       add_permirs_frames_arg, add_sam2_args, add_visualize_arg, data_path, finish, format_table,
+                       metric_row, run_cli, sam2_run, setup)
+from utils.dist import barrier
+from utils.errors import UserError
+from utils.io import pack_masks, save_npy, save_png, save_pt, unpack_masks
 from utils.loaders.common import Sample
 from utils.loaders.permirs import load_permirs_videos, permir_split
 from utils.loops import batched
 from utils.metrics import PDM_CROP_SIZE, retrieval_metrics, sort_by_score
-from utils.pair_scoring import PairScheduler, ReferenceFrame, chunk_scores, score_in_parts
-from utils.pseudo_video import SCORES, Prompt, PseudoVideo
-from utils.sam2_model import build_sam2_model
+from utils.pair_scoring import chunk_scores
+from utils.prompts import Prompt, ReferenceFrame
+from utils.pseudo_video import SCORES
+from utils.sam2_run import Sam2Run, chunk_size
 from utils.vis import ranking_strip, with_prompt
 
 CACHE_FORMAT = "permir_data/3"  # 3: the frames as the model is given them (PDM's crops or whole)
@@ -51,7 +53,7 @@ def get_args_parser() -> CliParser:
     parser.add_argument("--stage", choices=["cache", "retrieve", "all"], default="all")
     parser.add_argument("--rebuild_cache", action="store_true", help="rebuild permir_data.pt")
     add_dinov2_args(parser, None, 224, "short_side_crop", "add a DINOv2 baseline row: hub id or local folder")
-    parser.add_argument("--chunk_size", type=int, default=64, help="gallery images per saved part")
+    add_chunk_arg(parser, "gallery images")
     add_visualize_arg(parser, "the top-10 of the first N queries")
     add_output_args(parser, "outputs/permir")
     return parser
@@ -101,18 +103,19 @@ def split_fingerprint(data: dict) -> str:
     return digest.hexdigest()
 
 
-def sam2_scores(scheduler: PairScheduler, parts: Parts, queries: list[Sample], gallery: list[Sample], kind: str,
-                chunk_size: int, run: Run) -> np.ndarray:
+def sam2_scores(sam2: Sam2Run, data: dict, queries: list[Sample], gallery: list[Sample], kind: str,
+                requested_chunk: int | None, output_dir: Path) -> np.ndarray | None:
     """Scores of every (query, gallery image) pair, queries x gallery, on rank 0 (None on the
     others). Chunks of gallery images (every query against them) are split across the ranks:
     each gallery image is encoded by one rank, each query by every rank that has a chunk."""
     references = {q: [ReferenceFrame(str(query.image_path), Prompt(mask=query.mask))] for q, query in enumerate(queries)}
     paths = [str(sample.image_path) for sample in gallery]
-    chunks = [[(q, path) for path in chunk for q in references] for chunk in batched(paths, chunk_size)]
-    score_in_parts(scheduler, parts, chunks, unfinished_share(parts, len(chunks), run), references,
-                   desc=run.label("gallery"))
-    barrier()
-    if not run.is_main:
+    size = chunk_size(requested_chunk, len(paths))
+    chunks = [[(q, path) for path in chunk for q in references] for chunk in batched(paths, size)]
+    parts = sam2.parts(output_dir / "parts", split=split_fingerprint(data), chunk_size=size)
+    samples = {str(s.image_path): s for s in queries + gallery}
+    sam2.score_in_parts(parts, chunks, references, lambda image_id: samples[image_id].load_image(), desc="gallery")
+    if not sam2.run.is_main:
         return None
     scores = np.concatenate(chunk_scores(parts, chunks, kind))
     return scores.reshape(len(paths), len(references)).T.copy()
@@ -128,8 +131,6 @@ def visualize_permir(output_dir: Path, queries: list[Sample], gallery: list[Samp
 
 
 def main(args) -> dict:
-    check_positive(args.chunk_size, "--chunk_size")
-    check_positive(args.dinov2_batch_size, "--dinov2_batch_size")
     if args.rebuild_cache and args.stage == "retrieve":
         raise UserError("--rebuild_cache rebuilds in stage cache or all, not retrieve", "--stage retrieve",
                         "use --stage all --rebuild_cache (or --stage cache)")
@@ -149,16 +150,9 @@ def main(args) -> dict:
             return {}
         return finish(args, counts, format_table(["PerMIR split", "count"], [[k, v] for k, v in counts.items()]), run)
 
-    engine = PseudoVideo(build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, run.device), run.amp, args.compile,
-                         run.pair_batch_size)
-    parts = Parts(output_dir / "parts", {"split": split_fingerprint(data), "sam2_cfg": args.sam2_cfg,
-                                         "sam2_checkpoint": args.sam2_checkpoint, "amp": run.amp,
-                                         "compile": args.compile, "chunk_size": args.chunk_size})
-    samples = {str(s.image_path): s for s in queries + gallery}
-    scheduler = PairScheduler(engine, lambda image_id: samples[image_id].load_image(), run.pair_batch_size,
-                              run.num_workers)
-    scores = sam2_scores(scheduler, parts, queries, gallery, args.score, args.chunk_size, run)
-    passes = sum_across_ranks(engine.encoder_passes)
+    sam2 = sam2_run(args, run)
+    scores = sam2_scores(sam2, data, queries, gallery, args.score, args.chunk_size, output_dir)
+    work = sam2.work()
     if not run.is_main:
         return {}
     save_npy(output_dir / "scores.npy", scores)
@@ -180,10 +174,10 @@ def main(args) -> dict:
     table = format_table(["PerMIR", "mAP", "R@1", "R@5", "R@10", "R@50"], rows)
     table += (f"\n{counts['queries']} queries x {counts['gallery_images']} gallery images "
               f"({'PDM crops' if args.permirs_frames == 'pdm' else 'whole frames'}), {counts['dropped_videos']} "
-              f"videos dropped (a mask under 0.5% of PDM's crop); image encoder passes: {passes} "
+              f"videos dropped (a mask under 0.5% of PDM's crop); image encoder passes: {work['encoder_passes']} "
               f"(distinct images: {counts['queries'] + counts['gallery_images']})"
               + (f"; each of the {run.world} processes encodes the queries" if run.world > 1 else ""))
-    return finish(args, metrics, table, run, encoder_passes=passes)
+    return finish(args, metrics, table, run, **work)
 
 
 if __name__ == "__main__":

@@ -21,16 +21,14 @@ from pathlib import Path
 
 import numpy as np
 from utils.benchmarks import BENCHMARKS, names
-from utils.cli import (CliParser, add_dataset_args, add_output_args, add_permirs_frames_arg, add_sam2_args,
-                       add_visualize_arg, data_path, finish, format_table, run_cli, setup)
-from utils.dist import barrier, unfinished_share
-from utils.errors import check_positive
+from utils.cli import (CliParser, add_chunk_arg, add_dataset_args, add_output_args, add_permirs_frames_arg,
+                       add_sam2_args, add_visualize_arg, data_path, finish, format_table, positive_int, run_cli,
+                       sam2_run, setup)
 from utils.io import Parts, save_png
 from utils.loops import batched
 from utils.metrics import MaskCounts, mask_counts, ratio
-from utils.pair_scoring import PairScheduler, ReferenceFrame, score_in_parts
-from utils.pseudo_video import Prompt, PseudoVideo
-from utils.sam2_model import build_sam2_model
+from utils.prompts import Prompt, ReferenceFrame
+from utils.sam2_run import Sam2Run, chunk_size
 from utils.vis import overlay
 
 
@@ -40,21 +38,20 @@ def get_args_parser() -> CliParser:
     add_permirs_frames_arg(parser)
     add_sam2_args(parser)
     parser.add_argument("--ref_idx", default="00", help="PerSeg: name of the reference image")
-    parser.add_argument("--shots", type=int, default=1, help="reference images per object")
+    parser.add_argument("--shots", type=positive_int, default=1, help="reference images per object")
     parser.add_argument("--save_masks", action="store_true", help="write the predicted masks as PNG")
-    parser.add_argument("--chunk_size", type=int, default=16, help="objects (episodes) per saved part")
+    add_chunk_arg(parser, "objects (episodes)")
     add_visualize_arg(parser, "the first N targets of each object")
     add_output_args(parser, "outputs/permis")
     return parser
 
 
-def segment(scheduler: PairScheduler, parts: Parts, chunks: list, chunk_ids: list[int],
-            output_dir: Path, save_masks: bool, visualize: int) -> None:
-    """Segment the targets of the episodes of chunks `chunk_ids` and save each chunk's per-target
-    `MaskCounts` (utils/metrics.py) as its part's records; write masks (the references' too:
-    their prompts) and overlays if asked."""
-    episodes = {e.name: e for c in chunk_ids for e in chunks[c]}
-    if save_masks:
+def segment(sam2: Sam2Run, parts: Parts, chunks: list, output_dir: Path, save_masks: bool, visualize: int) -> None:
+    """Segment the targets of every episode, this process's share of the chunks not saved yet,
+    and save each chunk's per-target `MaskCounts` (utils/metrics.py) as its part's records; write
+    masks (the references' too: their prompts) and overlays if asked."""
+    episodes = {e.name: e for chunk in chunks for e in chunk}
+    if save_masks and sam2.run.is_main:
         for episode in episodes.values():
             for reference in episode.references:
                 save_png(output_dir / "masks" / episode.name / f"{reference.image_path.stem}.png",
@@ -73,9 +70,10 @@ def segment(scheduler: PairScheduler, parts: Parts, chunks: list, chunk_ids: lis
             save_png(output_dir / "vis" / file, overlay(sample.load_image(), pred, sample.mask))
         return mask_counts(pred, sample.mask, sample.eval_box).to_array()
 
+    samples = {str(s.image_path): s for e in episodes.values() for s in e.references + e.targets}
     chunk_pairs = [[(e.name, str(t.image_path)) for e in chunk for t in e.targets] for chunk in chunks]
-    score_in_parts(scheduler, parts, chunk_pairs, chunk_ids, references, with_masks=True, on_result=evaluate,
-                   desc="targets")
+    sam2.score_in_parts(parts, chunk_pairs, references, lambda image_id: samples[image_id].load_image(),
+                        with_masks=True, on_result=evaluate, desc="targets")
 
 
 def counts_per_object(parts: Parts, chunks: list) -> dict[str, MaskCounts]:
@@ -117,30 +115,22 @@ def benchmark_metrics(dataset: str, counts: dict[str, MaskCounts], skipped: int,
 
 
 def main(args) -> dict:
-    check_positive(args.chunk_size, "--chunk_size")
     run = setup(args)
     output_dir, root = Path(args.output_dir), data_path(args)
     episodes, skipped = BENCHMARKS[args.dataset_file].episodes(root, args.shots, args.ref_idx, args.permirs_frames)
-    chunks = list(batched(episodes, args.chunk_size))
-    parts = Parts(output_dir / "parts", {"dataset": args.dataset_file, "data_path": str(root), "shots": args.shots,
-                                         "ref_idx": args.ref_idx, "permirs_frames": args.permirs_frames,
-                                         "sam2_cfg": args.sam2_cfg,
-                                         "sam2_checkpoint": args.sam2_checkpoint, "amp": run.amp,
-                                         "compile": args.compile, "chunk_size": args.chunk_size,
-                                         "save_masks": args.save_masks, "visualize": args.visualize})
-    mine = unfinished_share(parts, len(chunks), run)
-    engine = PseudoVideo(build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, run.device), run.amp, args.compile,
-                         run.pair_batch_size)
-    samples = {str(s.image_path): s for e in episodes for s in e.references + e.targets}
-    scheduler = PairScheduler(engine, lambda image_id: samples[image_id].load_image(), run.pair_batch_size,
-                              run.num_workers)
-    segment(scheduler, parts, chunks, mine, output_dir, args.save_masks, args.visualize)
-    barrier()
+    size = chunk_size(args.chunk_size, len(episodes))
+    chunks = list(batched(episodes, size))
+    sam2 = sam2_run(args, run)
+    parts = sam2.parts(output_dir / "parts", dataset=args.dataset_file, data_path=str(root), shots=args.shots,
+                       ref_idx=args.ref_idx, permirs_frames=args.permirs_frames, chunk_size=size,
+                       save_masks=args.save_masks, visualize=args.visualize)
+    segment(sam2, parts, chunks, output_dir, args.save_masks, args.visualize)
+    work = sam2.work()
     if not run.is_main:
         return {}
     metrics, table = benchmark_metrics(args.dataset_file, counts_per_object(parts, chunks), skipped, args.shots,
                                        args.permirs_frames)
-    return finish(args, metrics, table, run)
+    return finish(args, metrics, table, run, **work)
 
 
 if __name__ == "__main__":

@@ -19,19 +19,18 @@ extract_images.py, extract_candidates.py; --head_checkpoint from train_revisitop
 from pathlib import Path
 
 import numpy as np
-from utils.cli import (CliParser, add_output_args, add_sam2_args, add_visualize_arg, finish, format_table, metric_row,
-                       run_cli, setup)
-from utils.dist import barrier, sum_across_ranks, unfinished_share
-from utils.errors import UserError, check_positive
-from utils.ilias_store import (extracted_size, image_file, load_topk, object_id, open_extracted, split_records,
-                               union_box)
-from utils.io import Parts, save_npy, save_png
+from utils.cli import (CliParser, add_chunk_arg, add_ilias_dir_args, add_output_args, add_sam2_args,
+                       add_visualize_arg, finish, format_table, metric_row, positive_int, run_cli, sam2_run, setup)
+from utils.errors import UserError
+from utils.ilias_store import (OUTPUTS, extracted_size, image_file, load_topk, object_id, open_extracted,
+                               split_records, union_box)
+from utils.io import save_npy, save_png
 from utils.loops import batched
 from utils.metrics import ilias_metrics
-from utils.pair_scoring import PairScheduler, ReferenceFrame, chunk_scores, score_in_parts
-from utils.pseudo_video import QUERY_PROMPTS, SCORES, PseudoVideo, query_prompt
-from utils.sam2_model import build_sam2_model
-from utils.score_head import load_head
+from utils.pair_scoring import chunk_scores
+from utils.prompts import QUERY_PROMPTS, ReferenceFrame, query_prompt
+from utils.pseudo_video import SCORES
+from utils.sam2_run import Head, chunk_size
 from utils.vis import ranking_strip, stack_rows, with_box
 
 COLUMNS = ["map@1k", "map@100", "recall@1", "recall@5", "recall@10", "recall@100"]
@@ -41,17 +40,16 @@ SHOWN = 10
 def get_args_parser() -> CliParser:
     parser = CliParser(__doc__)
     add_sam2_args(parser)
-    parser.add_argument("--rerank_depth", type=int, default=100, help="first-stage candidates re-ranked per query (k)")
-    parser.add_argument("--topk_dir", default="outputs/ilias")
-    parser.add_argument("--features_dir", default="outputs/ilias/features")
-    parser.add_argument("--images_dir", default="outputs/ilias/images")
+    parser.add_argument("--rerank_depth", type=positive_int, default=100,
+                        help="first-stage candidates re-ranked per query (k)")
+    add_ilias_dir_args(parser, 'topk', 'features', 'images')
     parser.add_argument("--query_prompt", choices=QUERY_PROMPTS, default="box",
                         help="the whole query image with its box, or with the box filled as a mask (as training)")
     parser.add_argument("--score", choices=SCORES, default="iou")
     parser.add_argument("--head_checkpoint", default=None, help="score head from train_revisitop.py")
-    parser.add_argument("--chunk_size", type=int, default=512, help="candidate images per saved part")
+    add_chunk_arg(parser, "candidate images")
     add_visualize_arg(parser, "the first-stage and re-ranked top-10 of the first N queries")
-    add_output_args(parser, "outputs/ilias/rerank")
+    add_output_args(parser, f"{OUTPUTS}/rerank")
     return parser
 
 
@@ -144,7 +142,6 @@ def visualize(output_dir: Path, images: IliasImages, boxes: list, db_objects: li
 
 
 def main(args) -> dict:
-    check_positive(args.chunk_size, "--chunk_size")
     run = setup(args)
     features_dir, output_dir, depth = Path(args.features_dir), Path(args.output_dir), args.rerank_depth
     topk = load_topk(Path(args.topk_dir), features_dir, depth)
@@ -158,23 +155,16 @@ def main(args) -> dict:
     candidates = np.unique(top)
     images.check(candidates, depth)
 
-    model = build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, run.device)
-    if args.head_checkpoint:
-        load_head(model, args.head_checkpoint, args.score, args.query_prompt)
-    engine = PseudoVideo(model, run.amp, args.compile, run.pair_batch_size)
-    parts = Parts(output_dir / "parts", {"rerank_depth": depth, "query_prompt": args.query_prompt,
-                                         "sam2_cfg": args.sam2_cfg, "sam2_checkpoint": args.sam2_checkpoint,
-                                         "head_checkpoint": args.head_checkpoint, "amp": run.amp,
-                                         "compile": args.compile, "chunk_size": args.chunk_size,
-                                         "topk": topk["meta"]})
-    chunks = list(batched(candidates, args.chunk_size))
+    sam2 = sam2_run(args, run, Head(args.head_checkpoint, args.score, args.query_prompt) if args.head_checkpoint else None)
+    size = chunk_size(args.chunk_size, len(candidates))
+    parts = sam2.parts(output_dir / "parts", rerank_depth=depth, query_prompt=args.query_prompt, chunk_size=size,
+                       topk=topk["meta"])
+    chunks = list(batched(candidates, size))
     chunk_pair_lists = [[(q, images.candidate(top[q, col])) for q, col in zip(*chunk_pairs(top, chunk))]
                         for chunk in chunks]
-    score_in_parts(PairScheduler(engine, images.open, run.pair_batch_size, run.num_workers), parts, chunk_pair_lists,
-                   unfinished_share(parts, len(chunks), run), query_references(images, boxes, args.query_prompt),
-                   desc=run.label("candidates"))
-    passes = sum_across_ranks(engine.encoder_passes)
-    barrier()
+    sam2.score_in_parts(parts, chunk_pair_lists, query_references(images, boxes, args.query_prompt), images.open,
+                        desc="candidates")
+    work = sam2.work()
     if not run.is_main:
         return {}
 
@@ -192,9 +182,9 @@ def main(args) -> dict:
     rows = [metric_row("first stage (DINOv2)", metrics["first_stage"], COLUMNS),
             metric_row(f"re-ranked top-{depth} (SAM2 {args.score})", metrics["reranked"], COLUMNS)]
     table = format_table(["ILIAS", "mAP@1k", "mAP@100", "R@1", "R@5", "R@10", "R@100"], rows)
-    table += (f"\n{len(query_keys)} queries x {depth} candidates; image encoder passes: {passes}"
+    table += (f"\n{len(query_keys)} queries x {depth} candidates; image encoder passes: {work['encoder_passes']}"
               f" (distinct images: {metrics['distinct_images']})")
-    return finish(args, metrics, table, run, encoder_passes=passes)
+    return finish(args, metrics, table, run, **work)
 
 
 if __name__ == "__main__":

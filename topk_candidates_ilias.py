@@ -14,9 +14,10 @@ extract_candidates.py, sam2_reranking.py.
 from pathlib import Path
 
 import numpy as np
-from utils.cli import CliParser, finish, format_table, metric_row, run_cli, setup
+from utils.cli import CliParser, add_ilias_dir_args, finish, format_table, metric_row, positive_int, run_cli, setup
 from utils.errors import UserError
-from utils.ilias_store import object_id, read_manifest, save_topk, shard_features, split_records, topk_meta
+from utils.ilias_store import (TOPK_DIR, object_id, read_manifest, save_topk, shard_features, split_records,
+                               topk_meta)
 from utils.loops import progress
 from utils.metrics import ilias_metrics
 from utils.retrieval import sharded_topk
@@ -26,10 +27,11 @@ COLUMNS = ["map@1k", "recall@1", "recall@5", "recall@10", "recall@100"]
 
 def get_args_parser() -> CliParser:
     parser = CliParser(__doc__)
-    parser.add_argument("--features_dir", default="outputs/ilias/features")
-    parser.add_argument("--topk", type=int, default=1000, help="candidates kept per query, K (1000: mAP@1k)")
+    add_ilias_dir_args(parser, "features")
+    parser.add_argument("--topk", type=positive_int, default=1000,
+                        help="candidates kept per query, K (1000: mAP@1k)")
     parser.add_argument("--skip_distractors", action="store_true", help="search the db only")
-    parser.add_argument("--output_dir", default="outputs/ilias")
+    parser.add_argument("--output_dir", default=TOPK_DIR)
     return parser
 
 

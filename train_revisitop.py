@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from utils.cli import (CliParser, add_dataset_args, add_output_args, add_sam2_args, data_path, finish, format_table,
-                       run_cli, run_record, setup)
+                       positive_int, run_cli, run_record, sam2_run, setup)
 from utils.dist import Run, map_shared, sum_across_ranks, sum_gradients
-from utils.errors import UserError, check_positive
-from utils.loaders.common import image_size, open_image
+from utils.errors import UserError
+from utils.images import image_size, open_image
 from utils.loaders.revisitop import NAMES, load_revisitop
 from utils.loaders.uned import DOMAINS, load_uned
 from utils.loops import batched, progress
 from utils.metrics import revisitop_map, revisitop_protocol
-from utils.pair_scoring import PairScheduler, ReferenceFrame
-from utils.pseudo_video import QUERY_PROMPTS, SCORES, Prompt, PseudoVideo, query_prompt
-from utils.sam2_model import build_sam2_model
+from utils.pair_scoring import PairScheduler
+from utils.prompts import QUERY_PROMPTS, Prompt, ReferenceFrame, query_prompt
+from utils.pseudo_video import SCORES
 from utils.score_head import head_record, head_tensors, resume, save_epoch
 from utils.training import TripletData, TripletSampler, lazy_triplet_losses, split_classes
 
@@ -49,16 +49,16 @@ def get_args_parser() -> CliParser:
                         help="how an anchor shows its object, as sam2_reranking.py --query_prompt: its box, or its "
                              "box filled as a mask")
     parser.add_argument("--margin", type=float, default=0.5)
-    parser.add_argument("--num_negatives", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--samples_per_epoch", type=int, default=1000, help="triplets per epoch")
-    parser.add_argument("--triplets_per_step", type=int, default=8, help="triplets per optimizer step")
+    parser.add_argument("--num_negatives", type=positive_int, default=4)
+    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--samples_per_epoch", type=positive_int, default=1000, help="triplets per epoch")
+    parser.add_argument("--triplets_per_step", type=positive_int, default=8, help="triplets per optimizer step")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--weight_decay", type=float, default=0.01)
     parser.add_argument("--val_fraction", type=float, default=0.2,
                         help="share of classes held out (0: train on every class, keep the last head)")
-    parser.add_argument("--val_anchors", type=int, default=50, help="held-out anchors evaluated")
-    parser.add_argument("--val_negatives", type=int, default=20, help="negatives ranked per held-out anchor")
+    parser.add_argument("--val_anchors", type=positive_int, default=50, help="held-out anchors evaluated")
+    parser.add_argument("--val_negatives", type=positive_int, default=20, help="negatives ranked per held-out anchor")
     parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/last.pt")
     add_output_args(parser, "outputs/head")
     return parser
@@ -166,9 +166,6 @@ def validate(scorer: TripletScorer, triplets, tasks, triplets_per_step: int, run
 
 
 def main(args) -> dict:
-    for value, flag in ((args.triplets_per_step, "--triplets_per_step"), (args.epochs, "--epochs"),
-                        (args.samples_per_epoch, "--samples_per_epoch"), (args.num_negatives, "--num_negatives")):
-        check_positive(value, flag)
     if not 0 <= args.val_fraction < 1:
         raise UserError("--val_fraction must be in [0, 1)", f"--val_fraction {args.val_fraction}",
                         "pass 0 (train on every class, no validation) or a share such as 0.2")
@@ -184,7 +181,8 @@ def main(args) -> dict:
               f"({len(val.anchors)} anchors); skipped {train.dropped + val.dropped} anchors whose class has no "
               f"other member")
 
-    model = build_sam2_model(args.sam2_cfg, args.sam2_checkpoint, run.device)
+    sam2 = sam2_run(args, run)
+    model = sam2.engine.model
     head = head_tensors(model, args.score)
     for parameter in head.values():
         parameter.requires_grad_(True)
@@ -192,9 +190,7 @@ def main(args) -> dict:
     output_dir = Path(args.output_dir)
     first_epoch, history = resume(output_dir, model, optimizer, args.score, args.query_prompt,
                                                        run.is_main) if args.resume else (1, [])
-    engine = PseudoVideo(model, run.amp, args.compile, run.pair_batch_size)
-    scorer = TripletScorer(PairScheduler(engine, open_image, run.pair_batch_size, run.num_workers), data, args.score,
-                           args.query_prompt)
+    scorer = TripletScorer(sam2.scheduler(open_image), data, args.score, args.query_prompt)
     val_triplets, val_tasks = validation_sets(data, val, args.val_anchors, args.num_negatives, args.val_negatives,
                                               args.seed) if val.anchors else ([], [])
     record = run_record(args, run)

@@ -12,7 +12,7 @@ from hydra import compose
 from omegaconf import OmegaConf
 
 from tiny_sam2 import TINY_CFG, TINY_OVERRIDES
-from utils.sam2_model import build_sam2_model
+from utils.sam2_model import build_sam2_model, lift_object_scores
 from utils.synthetic import render_object, render_scene, write_jpeg, write_perseg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def tiny_sam2(tmp_path_factory):
     torch.manual_seed(0)
     model = build_sam2_model(str(cfg_path), None)
     # random weights score every object as absent; lift the object-score head so masks appear
-    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data += 3.0
+    lift_object_scores(model)
     ckpt_path = folder / "sam2.1_tiny_test.pt"
     torch.save({"model": model.state_dict()}, ckpt_path)
     return cfg_path, ckpt_path

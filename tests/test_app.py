@@ -1,24 +1,35 @@
-"""The web page (app.py): its API, through gradio_client, gives search_photos.py's ranking; bad input
-is a message on the page; searches queue; and a real browser (headless Chromium) uploads a
-reference, draws its box with the mouse, uploads photos, presses Search and finds the gallery in
-the CLI's order."""
+"""The web page (app.py): its API, through gradio_client, gives search_photos.py's ranking and
+reference masks; bad input is a message on the page; searches queue; a video result is shown; a
+shared machine's colleagues cannot read other searches, bypass the queue, reach it under another
+host name, read outside the photo root or past the limits; a failed search leaves nothing behind;
+and a real browser (headless Chromium) clicks points on the object, sees SAM2's mask at once,
+searches and finds the gallery in the CLI's order. Traffic goes to loopback only."""
 import csv
+import io
 import json
 import os
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
 import search_photos
-from utils.loaders.common import read_mask
+from media import moving_scenes, write_clip
+from utils.errors import UserError
+from utils.images import read_mask
+from utils.photo_index import Embedded, PhotoIndex
+from utils.dist import setup_run
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+POINTS = "150 120 1\n190 160 1\n20 20 0\n"  # two points on object_1 of the demo reference, one off it
 
 
 def free_port() -> int:
@@ -27,132 +38,295 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def photos(demo_photos):
-    return demo_photos
+def start(page, demo) -> tuple[str, object]:
+    """The page served on a free loopback port in a thread: (url, server)."""
+    port = free_port()
+    server = app.serve(page, demo, "127.0.0.1", port, app.allowed_hosts("127.0.0.1", None))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline, "the page did not start"
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}/", server
 
 
-@pytest.fixture(scope="module")
-def server(tiny_sam2, tmp_path_factory):
-    """The page, served on a free local port; (url, output folder)."""
+def page_args(tiny_sam2, root: Path, *extra):
     cfg, ckpt = tiny_sam2
-    out, port = tmp_path_factory.mktemp("app"), free_port()
-    page, demo = app.page_from_args(app.get_args_parser().parse_args(
-        ["--sam2_cfg", str(cfg), "--sam2_checkpoint", str(ckpt), "--device", "cpu", "--output_dir", str(out),
-         "--port", str(port)]))
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                allowed_paths=[str(out)])
-    yield f"http://127.0.0.1:{port}/", out
-    demo.close()
+    return app.get_args_parser().parse_args(
+        ["--sam2_cfg", str(cfg), "--sam2_checkpoint", str(ckpt), "--device", "cpu", "--photos_root", str(root),
+         "--output_dir", str(root / "outputs" / "app"), "--video_fps", "5", *map(str, extra)])
 
 
-def cli_ranking(tiny_sam2, photos, reference: Path, box: str, out: Path, name="my_object") -> list[tuple[str, float]]:
-    """search_photos.py's ranking of the photos for this reference and box."""
+@pytest.fixture(scope="module")
+def served(tiny_sam2, demo_photos, tmp_path_factory):
+    """The page over a photo root holding the demo photos, a folder with a clip, and the page's own
+    output folder; (url, page, root)."""
+    root = tmp_path_factory.mktemp("root")
+    shutil.copytree(demo_photos / "images", root / "photos")
+    (root / "clips").mkdir()
+    write_clip(root / "clips" / "clip.mp4", moving_scenes(6, 96, 128, seed=1))
+    shutil.copy(demo_photos / "images" / "indoor" / "000.jpg", root / "clips" / "still.jpg")
+    page, demo = app.page_from_args(page_args(tiny_sam2, root))
+    url, server = start(page, demo)
+    yield url, page, root
+    server.should_exit = True
+
+
+def cli_run(tiny_sam2, photos, reference: Path, prompt: str, out: Path, *extra, name="my_object", images=None):
+    """search_photos.py on [reference with this prompt] and the photos: (its ranking, output folder)."""
     folder = out / "folder"
     (folder / "references").mkdir(parents=True)
-    shutil.copyfile(reference, folder / "references" / f"{name}.jpg")
-    (folder / "references" / f"{name}.txt").write_text(box + "\n")
-    shutil.copytree(photos / "images", folder / "images")
+    shutil.copyfile(reference, folder / "references" / f"{name}{reference.suffix}")
+    (folder / "references" / f"{name}.txt").write_text(prompt)
+    shutil.copytree(images or photos / "images", folder / "images")
     cfg, ckpt = tiny_sam2
     search_photos.main(search_photos.get_args_parser().parse_args(
         ["--data_path", str(folder), "--output_dir", str(out / "cli"), "--sam2_cfg", str(cfg), "--sam2_checkpoint",
-         str(ckpt), "--device", "cpu"]))
+         str(ckpt), "--device", "cpu", "--video_fps", "5", *extra]))
+    if not (out / "cli" / "rankings.csv").is_file():
+        return None, out / "cli"
     with open(out / "cli" / "rankings.csv") as f:
-        return [(row["image"], float(row["score"])) for row in csv.DictReader(f)]
+        return [(row["image"], float(row["score"])) for row in csv.DictReader(f)], out / "cli"
 
 
-def api_search(url, reference, box, folder, name="my_object", photos=None, score="iou"):
-    client = Client(url, verbose=False)
-    return client.predict(handle_file(str(reference)) if reference else None, box, None, None, name,
-                          str(folder) if folder else "", [handle_file(str(p)) for p in photos] if photos else None,
-                          score, api_name="/search")
+def api_search(url, reference=None, prompt="", folder="", photos=None, score="iou", name="my_object"):
+    """The page's search through its API: (gallery, clips, downloads, ranking, skipped, message)."""
+    return Client(url, verbose=False).predict(
+        photo=handle_file(str(reference)) if reference else None, prompt=prompt, name=name, folder=str(folder),
+        uploads=[handle_file(str(p)) for p in photos] if photos else None, score=score, api_name="/search")
 
 
-def test_the_api_gives_the_cli_ranking(server, photos, tiny_sam2, tmp_path):
-    url, _ = server
-    reference, box = photos / "references" / "object_1.jpg", "20 30 300 260"
-    gallery, downloads, ranking, status = api_search(url, reference, box, photos / "images")
-    want = cli_ranking(tiny_sam2, photos, reference, box, tmp_path)
+def test_the_api_gives_the_cli_ranking(served, demo_photos, tiny_sam2, tmp_path):
+    url, page, root = served
+    reference, box = demo_photos / "references" / "object_1.jpg", "20 30 300 260"
+    gallery, clips, downloads, ranking, skipped, status = api_search(url, reference, box, "photos")
+    want, _ = cli_run(tiny_sam2, demo_photos, reference, box, tmp_path)
     assert [(r["image"], round(r["score"], 6)) for r in ranking] == [(image, round(s, 6)) for image, s in want]
     assert [item["caption"].split(". ", 1)[1].split(" —")[0] for item in gallery] == \
         [str(Path(image).relative_to("images")) for image, _ in want]
-    assert sorted(Path(d).name for d in downloads) == ["masks.zip", "rankings.csv"]
-    assert status.startswith("Found in")
-    results = Path(status.rsplit("Results in ", 1)[1])  # each search keeps its outputs and their record
-    record = json.loads((results / "metrics.json").read_text())
+    assert sorted(Path(d).name for d in downloads) == ["masks.zip", "rankings.csv"] and not clips and not skipped
+    assert status.startswith("Found in") and str(root) not in status  # no path of the server
+    results = sorted((root / "outputs" / "app" / "searches").glob("*/results/metrics.json"))[-1]
+    record = json.loads(results.read_text())  # each search keeps its outputs and their record
     assert record["score"] == "iou" and record["objects"]["my_object"]["searched"] == 6
     assert record["run"]["settings"]["sam2_checkpoint"] == str(tiny_sam2[1]) and record["run"]["search"]["references"] == 1
 
 
-def test_uploaded_photos_are_searched_too(server, photos):
-    url, _ = server
-    uploads = sorted((photos / "images").rglob("*.jpg"))[:3]
-    _, _, ranking, _ = api_search(url, photos / "references" / "object_0_2.jpg",
-                                  (photos / "references" / "object_0_2.txt").read_text().strip(), None,
-                                  photos=uploads)
+def test_the_preview_is_the_mask_the_cli_tracks(served, demo_photos, tiny_sam2, tmp_path):
+    """Points: the page's preview (the API's "preview") equals the reference mask search_photos.py
+    writes for the same prompt file, and the search uses exactly that prompt."""
+    url, _, _ = served
+    reference = demo_photos / "references" / "object_1.jpg"
+    shown, mask, status = Client(url, verbose=False).predict(photo=handle_file(str(reference)), prompt=POINTS,
+                                                             api_name="/preview")
+    want, cli = cli_run(tiny_sam2, demo_photos, reference, POINTS, tmp_path / "refs", "--references_only")
+    expected = read_mask(cli / "masks" / "my_object" / "references" / "my_object.png")
+    assert want is None and expected.any() and not expected.all()
+    assert np.array_equal(np.asarray(Image.open(mask)) > 0, expected) and "pixels" in status
+    _, _, _, ranking, _, _ = api_search(url, reference, POINTS, "photos")
+    cli_ranking, _ = cli_run(tiny_sam2, demo_photos, reference, POINTS, tmp_path / "search")
+    assert [(r["image"], round(r["score"], 6)) for r in ranking] == [(i, round(s, 6)) for i, s in cli_ranking]
+
+
+def test_uploaded_photos_and_videos_are_searched_and_a_video_is_shown(served, demo_photos):
+    url, _, root = served
+    uploads = sorted((demo_photos / "images").rglob("*.jpg"))[:2] + [root / "clips" / "clip.mp4"]
+    gallery, clips, _, ranking, _, status = api_search(url, demo_photos / "references" / "object_0_2.jpg",
+                                                       (demo_photos / "references" / "object_0_2.txt").read_text(),
+                                                       photos=uploads)
     assert sorted(r["image"] for r in ranking) == [f"images/{k:05d}_{p.name}" for k, p in enumerate(uploads)]
+    video = next(r for r in ranking if r["image"].endswith(".mp4"))
+    assert video["found"] and "time" in video  # found in some frame, ranked by its best frame
+    item = next(g for g in gallery if ".mp4" in g["caption"])
+    assert "best at" in item["caption"] and "present" in item["caption"]
+    # the clip of its frames sampled at 5 per second (0, 0.2 and 0.4 s of a 0.6 s clip), animated
+    assert len(clips) == 1 and Image.open(clips[0]["image"]).n_frames == 3
 
 
 @pytest.mark.parametrize("case, named", [
     ("no reference", "no reference"),
     ("box outside the photo", "not inside"),
-    ("no box", "no box, painted mask or mask file"),
-    ("reference that is not an image", "not a readable image"),
-    ("empty folder", "no photo to search"),
+    ("a line that is neither box nor point", "neither a box"),
+    ("reference that is not an image", "not a photo in a format this project reads"),
+    ("an SVG reference", "not a photo in a format this project reads"),
+    ("empty folder", "no photo or video to search"),
     ("folder that does not exist", "folder not found"),
+    ("folder outside the photo root", "cannot be searched from here"),
+    ("the page's own output folder", "cannot be searched from here"),
 ])
-def test_bad_input_is_a_message_on_the_page(case, named, server, photos, tmp_path):
-    url, _ = server
-    reference, box, folder = photos / "references" / "object_0.jpg", "10 10 60 60", photos / "images"
+def test_bad_input_is_a_message_on_the_page(case, named, served, demo_photos, tmp_path):
+    url, _, root = served
+    reference, prompt, folder = demo_photos / "references" / "object_0.jpg", "10 10 60 60", "photos"
     if case == "no reference":
         reference = None
     elif case == "box outside the photo":
-        box = "10 10 5000 60"
-    elif case == "no box":
-        box = ""
+        prompt = "10 10 5000 60"
+    elif case == "a line that is neither box nor point":
+        prompt = "10 10"
     elif case == "reference that is not an image":
         reference = tmp_path / "notes.jpg"
         reference.write_text("not a photo")
+    elif case == "an SVG reference":
+        reference = tmp_path / "drawing.svg"
+        reference.write_text('<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>')
     elif case == "empty folder":
-        folder = tmp_path / "empty"
-        folder.mkdir()
+        (root / "empty").mkdir(exist_ok=True)
+        folder = "empty"
+    elif case == "folder that does not exist":
+        folder = "nowhere"
+    elif case == "folder outside the photo root":
+        folder = str(tmp_path)
     else:
-        folder = tmp_path / "nowhere"
-    gallery, downloads, ranking, status = api_search(url, reference, box, folder)
+        folder = "outputs/app/searches"
+    gallery, _, _, ranking, _, status = api_search(url, reference, prompt, folder)
     assert not gallery and not ranking and named in status and "Traceback" not in status
+    assert str(root) not in status and str(tmp_path) not in status  # messages name files, not server paths
 
 
-def test_a_second_search_waits_in_the_queue(server, photos):
+def test_a_second_search_waits_in_the_queue(served, demo_photos):
     """Two searches at once, for two objects: each gets its own ranking (one runs, the other
     waits; nothing is mixed)."""
-    url, _ = server
-    alone = {}
-    for name in ("object_0", "object_1"):
-        _, _, ranking, _ = api_search(url, photos / "references" / f"{name}_2.jpg",
-                                      (photos / "references" / f"{name}_2.txt").read_text().strip(), photos / "images")
-        alone[name] = ranking
+    url, _, _ = served
+    prompt = lambda name: (demo_photos / "references" / f"{name}_2.txt").read_text()
+    alone = {name: api_search(url, demo_photos / "references" / f"{name}_2.jpg", prompt(name), "photos")[3]
+             for name in ("object_0", "object_1")}
     client = Client(url, verbose=False)
-    jobs = {name: client.submit(handle_file(str(photos / "references" / f"{name}_2.jpg")),
-                                (photos / "references" / f"{name}_2.txt").read_text().strip(), None, None, name,
-                                str(photos / "images"), None, "iou", api_name="/search")
+    jobs = {name: client.submit(photo=handle_file(str(demo_photos / "references" / f"{name}_2.jpg")),
+                                prompt=prompt(name), name=name, folder="photos", api_name="/search")
             for name in ("object_0", "object_1")}
     for name, job in jobs.items():
-        assert job.result(timeout=300)[2] == alone[name]
+        assert job.result(timeout=300)[3] == alone[name]
 
 
-def test_the_page_shows_the_search_s_progress(server, photos):
-    """The progress bar: the scheduler's bar over the photos, as the page's client sees it."""
-    url, _ = server
-    job = Client(url, verbose=False).submit(
-        handle_file(str(photos / "references" / "object_0_2.jpg")), "10 10 200 200", None, None, "object_0",
-        str(photos / "images"), None, "iou", api_name="/search")
+def test_the_page_shows_the_search_s_progress(served, demo_photos):
+    url, _, _ = served
+    job = Client(url, verbose=False).submit(photo=handle_file(str(demo_photos / "references" / "object_0_2.jpg")),
+                                            prompt="10 10 200 200", folder="photos", api_name="/search")
     seen = set()
     while not job.done():
         seen |= {(p.desc, p.index, p.length) for p in job.status().progress_data or []}
         time.sleep(0.01)
-    assert job.result()[3].startswith("Found in")
+    assert job.result()[5].startswith("Found in")
     assert any(desc == "photos" and length == 6 for desc, _, length in seen), seen
 
+
+# -- a shared machine ---------------------------------------------------------------------------
+
+def test_another_search_s_files_are_not_served(served, demo_photos):
+    url, _, root = served
+    api_search(url, demo_photos / "references" / "object_0_2.jpg", "10 10 200 200", "photos")
+    earlier = sorted((root / "outputs" / "app" / "searches").glob("*/results/rankings.csv"))[0]
+    for path in (earlier, earlier.parent / "metrics.json", demo_photos / "images" / "indoor" / "000.jpg"):
+        assert httpx.get(f"{url}gradio_api/file={path}").status_code == 403
+
+
+def test_the_queue_is_the_only_way_in(served):
+    url, _, _ = served
+    response = httpx.post(f"{url}gradio_api/run/search", json={"data": [None, "10 10 60 60", None, None, "x",
+                                                                          "photos", None, "iou"]})
+    assert response.status_code in (403, 404) and "Found in" not in response.text
+
+
+def test_another_host_name_is_refused(served):
+    """A page reached through a rebound DNS name: its Host header is not a name the page serves."""
+    url, _, _ = served
+    assert httpx.get(url, headers={"Host": "attacker.example"}).status_code == 400
+    assert httpx.get(url).status_code == 200
+
+
+def test_a_link_out_of_the_root_is_not_read(served, demo_photos, tmp_path):
+    url, _, root = served
+    folder = root / "linked"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(demo_photos / "images" / "indoor" / "000.jpg", folder / "inside.jpg")
+    secret = tmp_path / "secret.jpg"
+    shutil.copy(demo_photos / "images" / "indoor" / "002.jpg", secret)
+    (folder / "outside.jpg").unlink(missing_ok=True)
+    (folder / "outside.jpg").symlink_to(secret)
+    _, _, _, ranking, skipped, _ = api_search(url, demo_photos / "references" / "object_0_2.jpg", "10 10 200 200",
+                                              "linked")
+    assert [r["image"] for r in ranking] == ["images/inside.jpg"]
+    assert "images/outside.jpg" in skipped and str(tmp_path) not in skipped
+
+
+def test_limits(tiny_sam2, demo_photos, tmp_path):
+    """An upload over --max_upload_mb is refused, a photo over --max_megapixels is refused from its
+    header (a truncated one: decoding would have said so), more references than allowed too."""
+    root = tmp_path / "root"
+    shutil.copytree(demo_photos / "images", root / "photos")
+    big = root / "big.jpg"  # 1,200 x 1,000 pixels claimed, its pixel data cut short
+    Image.new("RGB", (1200, 1000), (200, 30, 30)).save(big, quality=95)
+    big.write_bytes(big.read_bytes()[:2000])
+    page, demo = app.page_from_args(page_args(tiny_sam2, root, "--max_upload_mb", 1, "--max_megapixels", 1,
+                                              "--max_references", 1))
+    url, server = start(page, demo)
+    try:
+        heavy = root / "heavy.jpg"
+        heavy.write_bytes(os.urandom(3 * 2**20))
+        with pytest.raises(Exception):  # Gradio refuses the upload itself
+            api_search(url, heavy, "10 10 60 60", "photos")
+        _, _, _, _, _, status = api_search(url, big, "10 10 60 60", "photos")
+        assert "larger than the limit of 1,000,000 pixels" in status and "big.jpg" in status
+        references = [page.shot(str(demo_photos / "references" / "object_0.jpg"), "10 10 60 60", None, None)]
+        status = page.add_reference(references, str(demo_photos / "references" / "object_1.jpg"), "10 10 60 60",
+                                    None, None)[2]
+        assert "more than 1 references" in status
+    finally:
+        server.should_exit = True
+
+
+def test_a_failed_search_leaves_nothing_behind(served, demo_photos, tiny_sam2, tmp_path, monkeypatch):
+    """A search that fails after its images were encoded: nothing stays cached, and the next
+    search's numbers equal a fresh process's."""
+    url, page, _ = served
+    import utils.photo_search
+
+    original = utils.photo_search.found_entry
+
+    def failing(*args):
+        raise UserError("disk trouble", "found.json", "try again")
+
+    monkeypatch.setattr(utils.photo_search, "found_entry", failing)
+    reference, box = demo_photos / "references" / "object_1.jpg", "20 30 300 260"
+    *_, status = api_search(url, reference, box, "photos")
+    assert "disk trouble" in status and page.models.sam2.engine.cached == []
+    monkeypatch.setattr(utils.photo_search, "found_entry", original)
+    _, _, _, ranking, _, _ = api_search(url, reference, box, "photos")
+    want, _ = cli_run(tiny_sam2, demo_photos, reference, box, tmp_path)  # a fresh process
+    assert [(r["image"], r["score"]) for r in ranking] == [(i, pytest.approx(s, abs=1e-6)) for i, s in want]
+
+
+def test_old_searches_are_removed(served, demo_photos):
+    url, page, root = served
+    api_search(url, demo_photos / "references" / "object_0_2.jpg", "10 10 200 200", "photos")
+    searches = root / "outputs" / "app" / "searches"
+    old = sorted(searches.iterdir())[0]
+    os.utime(old, (time.time() - 2 * 86400,) * 2)  # older than --keep_hours (24)
+    page.sweep()
+    assert not old.exists() and any(searches.iterdir())
+
+
+def test_two_index_updates_of_one_folder_at_once_give_one_index(tmp_path):
+    stats = {f"images/{k}.jpg": (k, k) for k in range(6)}
+    embedded = []
+
+    def embed(files, desc):
+        embedded.extend(files)
+        time.sleep(0.2)
+        return Embedded(files, [-1] * len(files), np.ones((len(files), 4), np.float32), [])
+
+    run = setup_run("cpu")
+    index = lambda: PhotoIndex(tmp_path / "index", {"model": "m"})
+    threads = [threading.Thread(target=index().update, args=(stats, embed, 4, run)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rows, _ = index().load()
+    assert sorted(embedded) == sorted(stats) and [r for r, _ in rows] == sorted(stats)  # each file embedded once
+
+
+# -- a person with a browser --------------------------------------------------------------------
 
 def browser():
     """Headless Chromium through Debian's chromedriver, or None where they are not installed (the
@@ -168,7 +342,7 @@ def browser():
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,2200"):
+                 "--window-size=1400,2400"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
 
@@ -183,11 +357,11 @@ def wait_for(condition, timeout=120, every=0.2):
     raise AssertionError("the page did not get there in time")
 
 
-def test_a_person_searches_with_a_browser(server, photos, tiny_sam2, tmp_path):
+def test_a_person_searches_with_a_browser(served, demo_photos, tiny_sam2, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    url, _ = server
+    url, _, root = served
     driver = browser()
     try:
         driver.get(url)
@@ -196,30 +370,53 @@ def test_a_person_searches_with_a_browser(server, photos, tiny_sam2, tmp_path):
         driver.find_element(By.ID, "search").click()  # nothing given yet: a message, no traceback
         assert "no reference" in wait_for(lambda: driver.find_element(By.ID, "status").text)
 
-        reference = photos / "references" / "object_1.jpg"
+        reference = demo_photos / "references" / "object_1.jpg"
         find("#reference input[type=file]")[0].send_keys(str(reference))
         image = wait_for(lambda: [i for i in find("#preview img") if i.get_attribute("naturalWidth") != "0"])[0]
         width, height = Image.open(reference).size
-        mask = read_mask(photos / "references" / "object_1.png")  # the object's corners, in the photo's pixels
-        ys, xs = mask.nonzero()
-        corners = [(int(xs.min()), int(ys.min())), (int(xs.max()), int(ys.max()))]
-        for x, y in corners:  # the offsets of a pixel from the displayed image's centre
-            rect = driver.execute_script("const r = arguments[0].getBoundingClientRect();"
-                                         "return [r.width, r.height];", image)
-            ActionChains(driver).move_to_element_with_offset(
-                image, int((x + 0.5) * rect[0] / width - rect[0] / 2), int((y + 0.5) * rect[1] / height - rect[1] / 2)
-            ).click().perform()
-            time.sleep(0.5)
-        box = wait_for(lambda: len(find("#box textarea")[0].get_attribute("value").split()) == 4 and
-                       find("#box textarea")[0].get_attribute("value"))
-        x1, y1, x2, y2 = map(float, box.split())
-        want_box = (*corners[0], corners[1][0] + 1, corners[1][1] + 1)
-        assert all(abs(got - want) <= 2 for got, want in zip((x1, y1, x2, y2), want_box)), (box, want_box)
 
-        uploads = sorted((photos / "images").rglob("*.jpg"))
-        find("#uploads input[type=file]")[0].send_keys("\n".join(map(str, uploads)))
-        wait_for(lambda: len(find("#uploads tr, #uploads .file")) >= len(uploads) or
-                 all(p.name in driver.find_element(By.ID, "uploads").text for p in uploads))
+        def click(x, y, context=False):  # at photo pixel (x, y) of the shown picture
+            rect = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];",
+                                         image)
+            offset = (int((x + 0.5) * rect[0] / width - rect[0] / 2), int((y + 0.5) * rect[1] / height - rect[1] / 2))
+            chain = ActionChains(driver).move_to_element_with_offset(image, *offset)
+            (chain.context_click() if context else chain.click()).perform()
+
+        mask = read_mask(demo_photos / "references" / "object_1.png")
+        ys, xs = mask.nonzero()
+        prompt_box = lambda: find("#prompt textarea")[0].get_attribute("value")
+        offset = lambda x, y: (lambda r: (int((x + 0.5) * r[0] / width - r[0] / 2), int((y + 0.5) * r[1] / height - r[1] / 2)))(
+            driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", image))
+        start, end = offset(int(xs.min()), int(ys.min())), offset(int(xs.max()), int(ys.max()))
+        ActionChains(driver).move_to_element_with_offset(image, *start).click_and_hold().move_by_offset(
+            end[0] - start[0], end[1] - start[1]).release().perform()  # a drag draws the box
+        box = [float(v) for v in wait_for(lambda: len(prompt_box().split()) == 4 and prompt_box()).split()]
+        assert all(abs(got - want) <= 2 for got, want in zip(box, (xs.min(), ys.min(), xs.max(), ys.max()))), box
+        driver.find_element(By.ID, "clear").click()
+        wait_for(lambda: prompt_box() == "")
+        inside = [(int(xs[k]), int(ys[k])) for k in (len(xs) // 3, 2 * len(xs) // 3)]
+        outside = (5, 5)
+        for k, (x, y) in enumerate(inside):
+            click(x, y)
+            wait_for(lambda: len(find("#prompt textarea")[0].get_attribute("value").splitlines()) == k + 1)
+        click(*outside)  # a stray click, undone
+        wait_for(lambda: len(prompt_box().splitlines()) == 3)
+        driver.find_element(By.ID, "undo").click()
+        wait_for(lambda: len(prompt_box().splitlines()) == 2)
+        click(*outside, context=True)  # a right click: a point not on the object
+        prompt = wait_for(lambda: (lambda v: len(v.splitlines()) == 3 and v)(prompt_box()))
+        lines = [line.split() for line in prompt.splitlines()]
+        assert [line[2] for line in lines] == ["1", "1", "0"]
+        for (x, y), line in zip([*inside, outside], lines):
+            assert abs(float(line[0]) - x) <= 2 and abs(float(line[1]) - y) <= 2, (prompt, inside)
+        wait_for(lambda: "(2 points on it, 1 not)" in driver.find_element(By.ID, "status").text)  # the preview's
+        source = wait_for(lambda: [i.get_attribute("src") for i in find("#reference_mask img")
+                                   if i.get_attribute("naturalWidth") not in (None, "0")])[0]
+        shown = np.asarray(Image.open(io.BytesIO(httpx.get(source).content))) > 0
+        _, cli = cli_run(tiny_sam2, demo_photos, reference, prompt, tmp_path / "refs", "--references_only")
+        assert np.array_equal(shown, read_mask(cli / "masks" / "my_object" / "references" / "my_object.png"))
+
+        find("#folder textarea, #folder input")[0].send_keys("photos")
         driver.find_element(By.ID, "search").click()
         wait_for(lambda: driver.find_element(By.ID, "status").text.startswith("Found in"), timeout=300)
         captions = wait_for(lambda: driver.execute_script(
@@ -230,7 +427,7 @@ def test_a_person_searches_with_a_browser(server, photos, tiny_sam2, tmp_path):
             shutil.copyfile(tmp_path / "app.png", os.environ["APP_SCREENSHOT"])
     finally:
         driver.quit()
-    want = cli_ranking(tiny_sam2, photos, reference, box, tmp_path / "cli_folder")
-    names = [caption.split(". ", 1)[1].split(" —")[0] for caption in captions]
-    assert [name.split("_", 1)[1] for name in names] == [Path(image).name for image, _ in want]
+    want, _ = cli_run(tiny_sam2, demo_photos, reference, prompt, tmp_path / "cli_folder")
+    assert [caption.split(". ", 1)[1].split(" —")[0] for caption in captions] == \
+        [str(Path(image).relative_to("images")) for image, _ in want]
     assert (tmp_path / "app.png").stat().st_size > 10_000

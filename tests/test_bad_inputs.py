@@ -172,7 +172,13 @@ CASES = {  # case -> (make the script and its argv from the shared context and a
     "custom: box outside the image": (photos(custom(lambda r: write_bytes(r / "references/object_1_2.txt", b"10 10 500 30"))), "object_1_2.txt"),
     "custom: box that is not four numbers": (photos(custom(lambda r: write_bytes(r / "references/object_1_2.txt", b"left top"))), "object_1_2.txt"),
     "custom: empty images folder": (photos(custom(lambda r: [p.unlink() for p in (r / "images").rglob("*.jpg")])), "images"),
-    "custom: a file that is not an image": (photos(custom(lambda r: write_bytes(r / "images/indoor/000.jpg", b"not a jpeg"))), "000.jpg"),
+    "custom: no photo that can be read": (photos(custom(lambda r: [write_bytes(p, b"not a jpeg") for p in (r / "images").rglob("*.jpg")])), "no photo or video to search (3 skipped)"),
+    "custom: a reference that is not an image": (photos(custom(lambda r: write_bytes(r / "references/object_0.jpg", b"GIF89a"))), "object_0.jpg"),
+    "custom: prompt line that is neither box nor point": (photos(custom(lambda r: write_bytes(r / "references/object_1_2.txt", b"10 10 1\n12 13\n"))), "line 2 is neither"),
+    "custom: point outside the photo": (photos(custom(lambda r: write_bytes(r / "references/object_1_2.txt", b"10 10 1\n70 10 0\n"))), "point 70 10 is outside the 64x48 photo"),
+    "custom: point label not 0 or 1": (photos(custom(lambda r: write_bytes(r / "references/object_1_2.txt", b"10 10 2\n"))), "label 2"),
+    "custom: no point on the object and no box": (photos(custom(lambda r: write_bytes(r / "references/object_1_2.txt", b"10 10 0\n"))), "no box and no point on the object"),
+    "custom: a camera RAW reference": (photos(custom(lambda r: write_bytes(r / "references/object_2.dng", b"II*\x00"))), "camera RAW"),
     "photos: shortlist of 0": (photos(custom(None), "--shortlist", 0), "--shortlist"),
     "custom: no references folder": (photos(custom(lambda r: shutil.rmtree(r / "references"))), "references"),
     # sam2_permir_obj_scores.py
@@ -299,7 +305,8 @@ def test_one_line_error(case, ctx, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *argv])
     with pytest.raises(SystemExit) as exit_info:
         run_cli(module.main, module.get_args_parser())
-    err = capsys.readouterr().err.strip().splitlines()
+    # the one error line, after a line for each file of a library left out (skipped, not an error)
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: skipped: ")]
     assert exit_info.value.code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
     assert not (tmp_path / "out" / "metrics.json").exists()

@@ -13,9 +13,10 @@ import torch
 from conftest import REPO, launch, run_one_and_two_processes, write_permirs
 from train_data import write_revisitop
 from utils.cli import run_cli
-from utils.loaders.common import open_image
-from utils.pair_scoring import PairScheduler, ReferenceFrame
-from utils.pseudo_video import Prompt, PseudoVideo
+from utils.images import open_image
+from utils.pair_scoring import PairScheduler
+from utils.prompts import Prompt, ReferenceFrame
+from utils.pseudo_video import PseudoVideo
 from utils.sam2_model import build_sam2_model
 from utils.score_head import load_head
 from utils.synthetic import write_custom, write_perseg
@@ -223,3 +224,19 @@ def test_a_job_resumes_with_another_number_of_processes(tiny_sam2, tmp_path):
         assert masks_of(folder) == masks_of(uninterrupted)
         assert all((folder / "parts" / name).read_bytes() == (uninterrupted / "parts" / name).read_bytes()
                    for name in ("chunk_00000.npz", "chunk_00001.npz", "chunk_00002.npz", "chunk_00003.npz"))
+
+
+def test_every_process_has_a_share_by_default(tiny_sam2, tmp_path):
+    """Default chunk sizes follow the work, not one size for all: under torchrun with 4 processes
+    and no --chunk_size, every rank scores pairs and none more than twice the mean (PerSeg of 8
+    objects; a folder of 12 photos)."""
+    perseg = tmp_path / "perseg"
+    write_perseg(perseg, num_objects=8, images_per_object=3, seed=2, size=(72, 96))
+    photos = tmp_path / "photos"
+    write_custom(photos, num_objects=1, num_images=12, seed=2, size=(48, 64))
+    for script, argv in (("sam2_permis.py", ["--dataset_file", "perseg", "--data_path", str(perseg)]),
+                         ("search_photos.py", ["--data_path", str(photos)])):
+        out = tmp_path / script
+        launch(script, [*argv, "--output_dir", str(out), *sam2_args(tiny_sam2)], processes=4)
+        shares = json.loads((out / "metrics.json").read_text())["run"]["pairs_per_process"]
+        assert len(shares) == 4 and min(shares) > 0 and max(shares) <= 2 * sum(shares) / 4, (script, shares)

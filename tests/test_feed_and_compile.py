@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from utils.errors import UserError
-from utils.loaders.common import open_image
-from utils.pair_scoring import PairScheduler, ReferenceFrame, decode_order, plan
-from utils.pseudo_video import Prompt, PseudoVideo
+from utils.images import open_image
+from utils.pair_scoring import PairScheduler, decode_order, plan
+from utils.prompts import Prompt, ReferenceFrame
+from utils.pseudo_video import PseudoVideo
 from utils.sam2_model import build_sam2_model
 from utils.synthetic import render_object, render_scene, write_jpeg
 
@@ -74,7 +75,7 @@ def test_an_unreadable_image_in_a_worker_is_one_user_error(model, scenes, tmp_pa
     broken.write_bytes(b"\xff\xd8 not really")
     references, _ = workload(scenes)
     scheduler = PairScheduler(PseudoVideo(model), open_image, 2, num_workers=2)
-    with pytest.raises(UserError, match="not a readable image") as error:
+    with pytest.raises(UserError, match="not a photo in a format this project reads") as error:
         list(scheduler.batches([("mask", list(scenes)[1]), ("mask", str(broken))], references))
     assert error.value.where == str(broken)
 

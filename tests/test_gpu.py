@@ -21,7 +21,7 @@ import train_revisitop
 from conftest import launch, write_permirs
 from ilias_data import source_args
 from train_data import write_revisitop
-from utils.loaders.common import read_mask
+from utils.images import read_mask
 from utils.synthetic import write_custom
 
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")

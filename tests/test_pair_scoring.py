@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_sam2 import score_targets
 from utils.io import Parts
-from utils.pair_scoring import PairScheduler, ReferenceFrame, chunk_scores, score_in_parts
-from utils.pseudo_video import Prompt, PseudoVideo
+from utils.pair_scoring import PairScheduler, chunk_scores, score_in_parts
+from utils.prompts import Prompt, ReferenceFrame
+from utils.pseudo_video import PseudoVideo
 from utils.sam2_model import build_sam2_model
 from utils.synthetic import render_object, render_scene
 
@@ -49,7 +51,7 @@ def one_by_one(model, images, references, pairs):
         engine = PseudoVideo(model)
         frames = [engine.prepare(images[f.image][0]) for f in references[key]]
         reference = engine.encode_reference(frames, [f.prompt for f in references[key]])
-        results.append(engine.score_targets(reference, [engine.prepare(images[target][0])]))
+        results.append(score_targets(engine, reference, [engine.prepare(images[target][0])]))
     return results
 
 

@@ -9,9 +9,10 @@ from PIL import Image
 from sam2.build_sam import build_sam2_video_predictor
 
 import utils.pseudo_video as pv
-from tiny_sam2 import TINY_CFG, TINY_OVERRIDES
-from utils.pseudo_video import Prompt, PseudoVideo
-from utils.sam2_model import build_sam2_model
+from tiny_sam2 import TINY_CFG, TINY_OVERRIDES, score_targets
+from utils.prompts import Prompt
+from utils.pseudo_video import PseudoVideo
+from utils.sam2_model import build_sam2_model, lift_object_scores
 from utils.synthetic import render_object, render_scene, write_jpeg
 
 HEIGHT, WIDTH = 96, 128  # not square, so the resize to the model's input matters
@@ -27,7 +28,7 @@ def official_and_ours(cfg=TINY_CFG, objects_present=True):
     torch.manual_seed(0)
     official = build_sam2_video_predictor(cfg, device="cpu", hydra_overrides_extra=TINY_OVERRIDES)
     if objects_present:
-        official.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data += 3.0
+        lift_object_scores(official)
     ours = build_sam2_model(cfg, None, overrides=TINY_OVERRIDES)
     ours.load_state_dict(official.state_dict())
     return official, ours
@@ -88,7 +89,7 @@ def run_engine(model, frames_dir, order, prompts, kind):
     frames = [engine.prepare(Image.open(frames_dir / f"{i}.jpg"), image_id=str(i)) for i in order]
     reference = engine.encode_reference(frames[:-1], [Prompt(mask=p) if kind == "mask" else Prompt(box=tuple(p))
                                                       for p in prompts])
-    return engine.score_targets(reference, frames[-1:])
+    return score_targets(engine, reference, frames[-1:])
 
 
 CASES = {
@@ -208,7 +209,7 @@ def test_equivalence_check_detects_drift(models, frames_dir, tmp_path, monkeypat
     reference = engine.encode_reference(frames[:1], [Prompt(mask=masks[0])])
     for out in reference.cond_outputs.values():
         out["maskmem_features"] = torch.zeros_like(out["maskmem_features"])  # memory term gone
-    no_memory = engine.score_targets(reference, frames[1:])
+    no_memory = score_targets(engine, reference, frames[1:])
     assert (no_memory.mask_logit(0) - want_logits).abs().max() > 1e-3
 
 
@@ -220,9 +221,9 @@ def test_batched_targets_equal_one_at_a_time(models, frames_dir):
     # targets of different sizes in one batch: each mask comes back at its own size
     frames[3] = engine.prepare(Image.open(folder / "3.jpg").resize((80, 60)))
     reference = engine.encode_reference(frames[:1], [Prompt(mask=masks[0])])
-    batch = engine.score_targets(reference, frames[1:])
+    batch = score_targets(engine, reference, frames[1:])
     for b, frame in enumerate(frames[1:]):
-        single = engine.score_targets(reference, [frame])
+        single = score_targets(engine, reference, [frame])
         assert batch.mask_logit(b).shape == (frame.height, frame.width)
         torch.testing.assert_close(batch.mask_logit(b), single.mask_logit(0), atol=1e-5, rtol=0)
         assert torch.equal(batch.mask_logit(b) > 0, single.mask_logit(0) > 0)
@@ -236,12 +237,12 @@ def test_each_image_is_encoded_once(models, frames_dir):
     folder, masks = frames_dir
     engine = PseudoVideo(ours)
     frames = [engine.prepare(Image.open(folder / f"{i}.jpg"), image_id=f"img{i}") for i in range(4)]
-    first = engine.score_targets(engine.encode_reference(frames[:1], [Prompt(mask=masks[0])]), frames[1:])
+    first = score_targets(engine, engine.encode_reference(frames[:1], [Prompt(mask=masks[0])]), frames[1:])
     second_ref = engine.encode_reference(frames[1:2], [Prompt(mask=masks[1])])
-    again = engine.score_targets(second_ref, [frames[2], frames[3], frames[2], frames[0]])
+    again = score_targets(engine, second_ref, [frames[2], frames[3], frames[2], frames[0]])
     assert engine.encoder_passes == 4  # 4 distinct images, 2 references, 7 targets
     fresh = PseudoVideo(ours)  # cached features give the same scores as fresh ones
-    fresh_scores = fresh.score_targets(fresh.encode_reference(frames[1:2], [Prompt(mask=masks[1])]), frames[2:4])
+    fresh_scores = score_targets(fresh, fresh.encode_reference(frames[1:2], [Prompt(mask=masks[1])]), frames[2:4])
     torch.testing.assert_close(again.ious[:2], fresh_scores.ious, atol=1e-6, rtol=0)
     torch.testing.assert_close(again.ious[0], again.ious[2])
     assert first.ious.shape == (3, 3)
@@ -252,7 +253,7 @@ def test_presence_scores(models, frames_dir):
     folder, masks = frames_dir
     engine = PseudoVideo(ours)
     frames = [engine.prepare(Image.open(folder / f"{i}.jpg")) for i in range(3)]
-    scores = engine.score_targets(engine.encode_reference(frames[:1], [Prompt(mask=masks[0])]), frames[1:])
+    scores = score_targets(engine, engine.encode_reference(frames[:1], [Prompt(mask=masks[0])]), frames[1:])
     torch.testing.assert_close(scores.score("iou"), scores.ious.max(dim=1).values)
     object_prob = torch.sigmoid(scores.object_score_logit)
     torch.testing.assert_close(scores.score("object"), object_prob)
@@ -270,7 +271,7 @@ def test_pairs_with_different_references_equal_one_reference_at_a_time(models, f
     box_ref = engine.encode_reference(frames[1:2], [Prompt(box=tuple(BOXES[0]))])
     pairs = engine.score_pairs([mask_ref, box_ref, mask_ref], [frames[2], frames[2], frames[3]])
     for b, (reference, frame) in enumerate([(mask_ref, frames[2]), (box_ref, frames[2]), (mask_ref, frames[3])]):
-        alone = engine.score_targets(reference, [frame])
+        alone = score_targets(engine, reference, [frame])
         torch.testing.assert_close(pairs.mask_logit(b), alone.mask_logit(0), atol=1e-5, rtol=0)
         torch.testing.assert_close(pairs.ious[b], alone.ious[0], atol=1e-6, rtol=0)
         torch.testing.assert_close(pairs.object_score_logit[b], alone.object_score_logit[0], atol=1e-5, rtol=0)
@@ -285,11 +286,11 @@ def many_targets():
     return [render_scene(rng, obj, HEIGHT, WIDTH, scale=0.5) for _ in range(9)]
 
 
-def scores_of(model, scenes, amp):
-    engine = PseudoVideo(model, amp)
+def scores_of(model, scenes, amp, **options):
+    engine = PseudoVideo(model, amp, **options)
     frames = [engine.prepare(image, image_id=str(i)) for i, (image, _) in enumerate(scenes)]
     reference = engine.encode_reference(frames[:1], [Prompt(mask=scenes[0][1])])
-    return engine.score_targets(reference, frames[1:])
+    return score_targets(engine, reference, frames[1:])
 
 
 def on_bf16_grid(values: torch.Tensor) -> torch.Tensor:
@@ -332,3 +333,32 @@ def test_amp_is_ignored_where_bf16_is_not_native(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--amp ignored" in err[0] and "fp32" in err[0]
     assert utils.amp.amp_enabled(False, torch.device("cpu")) is False and not capsys.readouterr().err
+
+
+def test_matmul_attention_equals_the_kernel_and_only_under_amp_on_a_cpu(many_targets, monkeypatch):
+    """SAM2's attention as bf16 matrix products (utils/amp.py): within the amp tolerance of the
+    official kernel's scores on the test model, used by an amp engine that chose it, never by an
+    fp32 one (which keeps the official kernel's exact numbers)."""
+    import utils.amp
+
+    q, k, v = (torch.randn(2, 3, 70, 16) for _ in range(3))
+    exact = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    got = utils.amp.matmul_attention(q.bfloat16(), k.bfloat16(), v.bfloat16()).float()
+    assert (got - exact).abs().max() < 2e-2  # bf16 inputs: the kernel in bf16 is as far
+    spy = []
+    original = utils.amp.matmul_attention
+    monkeypatch.setattr(utils.amp, "matmul_attention", lambda *a: spy.append(1) or original(*a))
+    _, model = official_and_ours()
+    kernel = scores_of(model, many_targets, True, matmul_attention=False)
+    assert not spy
+    products = scores_of(model, many_targets, True, matmul_attention=True)
+    assert spy  # the amp engine's attention went through the products
+    torch.testing.assert_close(products.ious, kernel.ious, atol=AMP_TOLERANCE, rtol=0)
+    torch.testing.assert_close(products.object_score_logit, kernel.object_score_logit, atol=AMP_TOLERANCE, rtol=0)
+    for row in range(len(kernel.iou)):
+        assert ((products.mask_logit(row) > 0) == (kernel.mask_logit(row) > 0)).float().mean() > 0.99
+    spy.clear()
+    fp32 = PseudoVideo(model, amp=False, matmul_attention=True)
+    assert fp32.attention == {"kind": "kernel"}
+    scores_of(model, many_targets, False)
+    assert not spy

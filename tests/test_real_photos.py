@@ -14,7 +14,7 @@ from PIL import Image
 import sam2_permis
 import search_photos
 from utils.cli import run_cli
-from utils.loaders.common import read_mask
+from utils.images import read_mask
 from utils.synthetic import write_custom, write_perseg
 
 
@@ -62,16 +62,23 @@ def huge_photo(root):
     image.save(root / "images/indoor/huge.jpg", quality=70)
 
 
-def bomb_header(root):
+def bomb_png() -> bytes:
     """A PNG whose header claims 20,000 x 10,000 pixels (over PIL's hard limit of 179 Mpixel)."""
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0)
-    (root / "images/indoor/bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
-                                                  chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
-CASES = {  # case -> (layout, change, outcome: "runs", or the file named by the one error line)
+def bomb_header(root):
+    (root / "images/indoor/bomb.png").write_bytes(bomb_png())
+
+
+def bomb_in_perseg(root):
+    (root / "Images/object_1/02.jpg").write_bytes(bomb_png())  # a .jpg name: read by its content
+
+
+CASES = {  # case -> (layout, change, outcome: "runs", "skipped: <file>" (one warning), or the file named by the one error line)
     "EXIF-rotated JPEG": ("perseg", exif_rotated, "runs"),
     "grayscale JPEG": ("perseg", convert("object_0/02.jpg", "L"), "runs"),
     "CMYK JPEG": ("perseg", convert("object_1/01.jpg", "CMYK"), "runs"),
@@ -81,7 +88,8 @@ CASES = {  # case -> (layout, change, outcome: "runs", or the file named by the 
     "mask saved as JPEG": ("perseg", mask_as_jpeg, "runs"),
     "image under 64 px": ("perseg", tiny_image, "runs"),
     "12,000 x 9,000 photo": ("custom", huge_photo, "runs"),
-    "decompression bomb": ("custom", bomb_header, "bomb.png"),
+    "decompression bomb in a benchmark": ("perseg", bomb_in_perseg, "02.jpg"),
+    "decompression bomb among your photos": ("custom", bomb_header, "skipped: bomb.png"),
 }
 
 
@@ -104,7 +112,7 @@ def test_real_photos(case, tiny_sam2, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # no warning reaches the user
-        if outcome != "runs":
+        if outcome != "runs" and not outcome.startswith("skipped"):
             with pytest.raises(SystemExit) as stopped:
                 run_cli(script.main, script.get_args_parser())
             err = capsys.readouterr().err.strip().splitlines()
@@ -112,6 +120,11 @@ def test_real_photos(case, tiny_sam2, tmp_path, monkeypatch, capsys):
             return
         metrics = run_cli(script.main, script.get_args_parser())
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("warning", "error"))]
+    if outcome.startswith("skipped"):  # the search goes on without it, and says so
+        skipped = outcome.split(": ")[1]
+        assert metrics["photos"] == 2 and [s["file"] for s in metrics["skipped"]] == [f"images/indoor/{skipped}"]
+        assert len(err) == 1 and err[0].startswith("warning: skipped: image too large") and skipped in err[0]
+        return
     if layout == "custom":
         assert metrics["photos"] == 3 and err == []
         return

@@ -9,9 +9,11 @@ import torch
 import sam2_reranking
 from conftest import ILIAS_RERANK_DEPTH, ILIAS_TOPK, run_one_and_two_processes
 from ilias_data import ilias_map_by_definition
+from tiny_sam2 import score_targets
 from utils.errors import UserError
 from utils.ilias_store import open_extracted, union_box
-from utils.pseudo_video import Prompt, PseudoVideo
+from utils.prompts import Prompt
+from utils.pseudo_video import PseudoVideo
 from utils.sam2_model import build_sam2_model
 from utils.score_head import architecture_signature, head_tensors
 
@@ -97,7 +99,7 @@ def first_pair_score(model, features, stage1, query_prompt: str) -> float:
         query.height, query.width))
     reference = engine.encode_reference([engine.prepare(query)], [prompt])
     target = engine.prepare(open_extracted(stage1 / "images", database[candidate], split))
-    return engine.score_targets(reference, [target], with_masks=False).iou.item()
+    return score_targets(engine, reference, [target], with_masks=False).iou.item()
 
 
 def saved_score(output_dir, stage1) -> float:

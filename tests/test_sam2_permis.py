@@ -9,7 +9,7 @@ from PIL import Image
 
 import sam2_permis
 from conftest import run_script
-from utils.loaders.common import read_mask
+from utils.images import read_mask
 from utils.metrics import boundary_intersection_union, intersection_union, pdm_crop_box, ratio
 
 
@@ -161,14 +161,19 @@ def test_a_perfect_prediction_scores_100(permirs_root, perseg_root, tmp_path):
     an IoU and a bIoU of 100: predictions and ground truth are measured in the same frame."""
     from utils.benchmarks import BENCHMARKS
     from utils.io import Parts
+    from utils.pair_scoring import score_in_parts
 
     class Oracle:
-        """A scheduler that predicts each target's ground truth."""
+        """A SAM2 run whose scheduler predicts each target's ground truth."""
+        run = type("Run", (), {"is_main": True})()
 
         def __init__(self, targets):
             self.targets = targets
 
-        def batches(self, pairs, references, with_masks=False, desc=None, groups=None):
+        def score_in_parts(self, parts, chunks, references, open_image, **kwargs):
+            score_in_parts(self, parts, chunks, range(len(chunks)), references, **kwargs)
+
+        def batches(self, pairs, references, with_masks=False, desc=None, groups=None, keep_going=()):
             for position, (name, image) in enumerate(pairs):
                 gt = torch.from_numpy(self.targets[(name, image)].astype(np.float32) * 2 - 1)
                 yield [position], type("Result", (), {"iou": torch.ones(1), "object_score_logit": torch.ones(1),
@@ -180,7 +185,7 @@ def test_a_perfect_prediction_scores_100(permirs_root, perseg_root, tmp_path):
         targets = {(e.name, str(t.image_path)): t.mask for e in episodes for t in e.targets}
         parts = Parts(tmp_path / f"{dataset}_{frames}", {})
         chunks = [episodes]
-        sam2_permis.segment(Oracle(targets), parts, chunks, [0], tmp_path, False, 0)
+        sam2_permis.segment(Oracle(targets), parts, chunks, tmp_path, False, 0)
         metrics, _ = sam2_permis.benchmark_metrics(dataset, sam2_permis.counts_per_object(parts, chunks), skipped, 1,
                                                    frames)
         assert metrics["miou"] == pytest.approx(100) and metrics["biou"] == pytest.approx(100), (dataset, frames)

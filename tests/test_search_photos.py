@@ -13,15 +13,15 @@ from sam2.build_sam import build_sam2_video_predictor
 
 import search_photos
 from utils import dinov2
-from utils.loaders.common import open_image, read_mask
-from utils.loaders.custom import load_custom
+from utils.images import open_image, read_mask
+from utils.loaders.custom import load_library
 from utils.pair_scoring import PairScheduler
 from utils.photo_index import PhotoIndex
 from utils.photo_search import reference_crop
 from utils.pseudo_video import PseudoVideo
-from utils.sam2_model import build_sam2_model
-from tiny_sam2 import TINY_CFG, TINY_OVERRIDES
+from utils.sam2_model import build_sam2_model, lift_object_scores
 from utils.synthetic import render_object, render_scene, write_jpeg
+from tiny_sam2 import TINY_CFG, TINY_OVERRIDES
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,10 @@ def half_found(tiny_sam2, photos, tmp_path_factory):
     """A checkpoint whose object-score head says "present" for about half the pairs."""
     cfg, ckpt = tiny_sam2
     model = build_sam2_model(str(cfg), str(ckpt))
-    data = load_custom(photos)
-    pairs = [(name, image) for image in data.images for name in data.objects]
+    data = load_library(photos)
+    pairs = [(name, image) for image in data.photos for name in data.objects]
     logits = PairScheduler(PseudoVideo(model), data.open, 4).scores(pairs, data.objects, "object").logit()
-    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data -= logits.median()
+    lift_object_scores(model, -logits.median())
     path = tmp_path_factory.mktemp("half") / "half.pt"
     torch.save({"model": model.state_dict()}, path)
     return cfg, path
@@ -78,26 +78,26 @@ def official_mask(ckpt, data, name, photo, folder):
 
 
 def test_the_demo_sample_is_in_the_custom_layout(photos):
-    data = load_custom(photos)
+    data = load_library(photos)
     assert list(data.objects) == ["object_0", "object_1"]
     for name, (first, second) in data.objects.items():  # a shot with its mask, a second one with its box
         assert (first.image, second.image) == (f"references/{name}.jpg", f"references/{name}_2.jpg")
         assert first.prompt.mask is not None and first.prompt.mask.shape == open_image(photos / first.image).size[::-1]
         assert second.prompt.box is not None
-    assert data.images == [f"images/{'outdoor' if i % 2 else 'indoor'}/{i:03d}.jpg" for i in sorted(range(6), key=lambda i: (i % 2, i))]
+    assert data.photos == [f"images/{'outdoor' if i % 2 else 'indoor'}/{i:03d}.jpg" for i in sorted(range(6), key=lambda i: (i % 2, i))]
 
 
 def test_one_pass_ranks_every_photo_and_segments_where_found(half_found, photos, tmp_path):
     out = tmp_path / "run"
     metrics = search(half_found, photos, out, "--visualize", 2, "--score", "iou_x_object", "--chunk_size", 4)
-    data = load_custom(photos)
+    data = load_library(photos)
     rows = read_rankings(out / "rankings.csv")
     found = json.loads((out / "found.json").read_text())
     model = build_sam2_model(str(half_found[0]), str(half_found[1]))
     present = set()
     for name in data.objects:
         ranked = [r for r in rows if r["object"] == name]
-        assert [int(r["rank"]) for r in ranked] == list(range(1, 7)) and {r["image"] for r in ranked} == set(data.images)
+        assert [int(r["rank"]) for r in ranked] == list(range(1, 7)) and {r["image"] for r in ranked} == set(data.photos)
         pairs = [(name, r["image"]) for r in ranked]
         engine = PseudoVideo(model)
         want = PairScheduler(engine, data.open, 2).scores(pairs, data.objects, "iou_x_object")
@@ -108,7 +108,7 @@ def test_one_pass_ranks_every_photo_and_segments_where_found(half_found, photos,
         present |= {pair for pair, logit in zip(pairs, logits) if logit > 0}
         assert [hit["image"] for hit in found[name]] == [r["image"] for r in ranked if r["found"] == "1"]
     assert 0 < len(present) < 12  # found in some photos, not in others
-    for name, image in ((n, i) for n in data.objects for i in data.images):  # a mask for every found photo only
+    for name, image in ((n, i) for n in data.objects for i in data.photos):  # a mask for every found photo only
         mask_file = out / "masks" / name / image.replace("images/", "").replace(".jpg", ".png")
         assert mask_file.is_file() == ((name, image) in present)
     for name, image in sorted(present)[:2]:  # what the official predictor segments in the same video
@@ -116,7 +116,8 @@ def test_one_pass_ranks_every_photo_and_segments_where_found(half_found, photos,
         want = official_mask(half_found[1], data, name, image, tmp_path)
         assert saved.shape == want.shape == open_image(photos / image).size[::-1]
         assert (saved == want).mean() > 0.999
-    assert metrics["run"]["encoder_passes"] == 6 + 4  # every photo once, and the 4 reference photos
+    # every photo once, the 4 reference photos, and the 2 box shots once more for their reference masks
+    assert metrics["run"]["encoder_passes"] == 6 + 4 + 2
     assert sorted(p.name for p in (out / "vis").glob("*.png")) == ["object_0.png", "object_1.png"]
 
 
@@ -140,19 +141,21 @@ def test_shortlist_from_a_photo_index_updated_incrementally(tiny_sam2, tiny_dino
     first = search(tiny_sam2, folder, tmp_path / "first", *flags)
     crops = 4  # the objects' reference crops, embedded for every search
     assert sum(counts) == 6 + crops and first["run"]["index"] == {"kept": 0, "removed": 0, "added": 6}
-    data = load_custom(folder)
+    data = load_library(folder)
     model = dinov2.load_dinov2(str(tiny_dinov2), torch.device("cpu"))
     embed = lambda loads: dinov2.embed_images(model, loads, 56, "short_side_crop", 32)
-    features = embed([lambda p=p: data.open(p) for p in data.images])
+    features = embed([lambda p=p: data.decode(p, 56).image for p in data.photos])  # as the index decodes them
     rows = read_rankings(tmp_path / "first" / "rankings.csv")
     for name, shots in data.objects.items():  # each object's shortlist: its 2 best photos by DINOv2
-        cosine = (embed([lambda s=s: reference_crop(data, s) for s in shots]) @ features.T).max(axis=0)
-        want = {data.images[i] for i in np.argsort(-cosine, kind="stable")[:2]}
+        loads = [lambda s=s: reference_crop(data, s.image, s.prompt, s.prompt.mask) for s in shots]
+        cosine = (embed(loads) @ features.T).max(axis=0)
+        want = {data.photos[i] for i in np.argsort(-cosine, kind="stable")[:2]}
         ranked = [r for r in rows if r["object"] == name]
         assert {r["image"] for r in ranked} == want
         for r in ranked:
-            assert float(r["dinov2_score"]) == pytest.approx(cosine[data.images.index(r["image"])], abs=2e-3)
-    assert first["run"]["encoder_passes"] == len({r["image"] for r in rows}) + 4  # photos outside every shortlist: no SAM2
+            assert float(r["dinov2_score"]) == pytest.approx(cosine[data.photos.index(r["image"])], abs=2e-3)
+    # photos outside every shortlist: no SAM2; the 4 reference photos, and the 2 box shots for their reference masks
+    assert first["run"]["encoder_passes"] == len({r["image"] for r in rows}) + 4 + 2
 
     counts.clear()  # the same folder again: no photo goes through DINOv2
     second = search(tiny_sam2, folder, tmp_path / "second", *flags)
@@ -166,10 +169,10 @@ def test_shortlist_from_a_photo_index_updated_incrementally(tiny_sam2, tiny_dino
     counts.clear()
     third = search(tiny_sam2, folder, tmp_path / "third", *flags)
     assert sum(counts) == 3 + crops and third["run"]["index"] == {"kept": 4, "removed": 2, "added": 3}
-    index = PhotoIndex(folder / ".index", {"model": str(tiny_dinov2), "resolution": 56,
-                                           "preprocess": "short_side_crop", "amp": False})
+    index = PhotoIndex(folder / ".index", {"model": str(tiny_dinov2), "resolution": 56, "preprocess": "short_side_crop",
+                                           "amp": False, "full_decode": False, "video_fps": 2.0})
     paths, vectors = index.load()
-    assert paths == load_custom(folder).images  # every photo once, the removed one gone
+    assert paths == [(p, -1) for p in load_library(folder).photos]  # every photo once, the removed one gone
     fresh = PhotoIndex(tmp_path / "fresh_index", index.settings)
     search(tiny_sam2, folder, tmp_path / "fresh", *flags, "--index_dir", tmp_path / "fresh_index")
     fresh_paths, fresh_vectors = fresh.load()
@@ -183,7 +186,7 @@ def test_hidden_files_are_not_photos(tiny_sam2, photos, tmp_path):
     (folder / "images/indoor/._000.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS resource fork
     (folder / "images/.thumbnails").mkdir()
     Image.new("RGB", (8, 8)).save(folder / "images/.thumbnails/000.jpg")
-    assert load_custom(folder).images == load_custom(photos).images
+    assert load_library(folder).photos == load_library(photos).photos
 
 
 def test_saved_parts_are_not_reused_for_a_changed_photo(tiny_sam2, photos, tmp_path):

@@ -9,10 +9,10 @@ import torch
 import train_revisitop
 from train_data import write_revisitop, write_uned
 from utils.errors import UserError
+from utils.images import open_image
 from utils.loaders.revisitop import load_revisitop
 from utils.loaders.uned import load_uned
 from utils.pair_scoring import PairScheduler
-from utils.loaders.common import open_image
 from utils.pseudo_video import PseudoVideo
 from utils.sam2_model import build_sam2_model
 from utils.score_head import load_head

@@ -10,11 +10,17 @@ One name per meaning across scripts:
                                    a process waits for the others under torchrun (utils/dist.py)
   --pair_batch_size                (reference, target) pairs per SAM2 forward
   --num_workers                    processes that decode images ahead of the model
+  --chunk_size                     work per saved part; each script's unit: objects (segmentation),
+                                   gallery images (PerMIR), candidate images (re-ranking), photos
+                                   (your photos); default: utils/sam2_run.py chunk_size
   --dinov2, --dinov2_resolution, --dinov2_preprocess, --dinov2_batch_size (images per DINOv2 forward)
   --topk                           first-stage candidates kept per query (the top-K width)
   --rerank_depth                   first-stage candidates re-ranked by SAM2 per query (k <= K)
   --visualize N                    PNGs for the first N queries (or N targets per object)
   --source, --data_path, --<split>_repo, --<split>_shards   where the ILIAS shards come from
+  --data_path                      a dataset root; for the ILIAS shard steps with --source local,
+                                   the folder of the shards; for your photos, the photo folder
+Counts are positive integers (`positive_int`): 0 or less is refused when the flags are parsed.
 """
 import argparse
 import importlib.metadata
@@ -25,20 +31,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+from utils import ilias_store
 from utils.benchmarks import BENCHMARKS
-from utils.dist import DEFAULT_TIMEOUT_S, Run, setup_run
+from utils.dist import DEFAULT_TIMEOUT_S, Run, end_processes, setup_run
 from utils.errors import UserError
 from utils.io import OutputLock, save_json
 
 REPO = Path(__file__).resolve().parents[1]
-ILIAS_REPO = "vrg-prague/ilias"
-ILIAS_SPLITS = ("queries", "db", "distractors")
-ILIAS_SHARDS = {
-    "queries": ["ilias-core-queries-img-000000.tar"],
-    "db": ["ilias-core-db-000000.tar"],
-    "distractors": [f"mini_ilias_yfcc100m-{i:06d}.tar" for i in range(45)],
-}
 VERSIONED = ("torch", "sam2", "transformers", "numpy", "pillow", "faiss-cpu", "datasets", "scikit-learn")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 class CliParser(argparse.ArgumentParser):
@@ -71,27 +82,35 @@ def add_output_args(parser, output_dir: str) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def add_sam2_cfg_arg(parser, default: str, what: str = "") -> None:
+    parser.add_argument("--sam2_cfg", default=default,
+                        help=f"{what + ': ' if what else ''}a sam2 config name (e.g. configs/sam2.1/sam2.1_hiera_t.yaml) "
+                             "or the path of a yaml file of the same structure")
+
+
 def add_sam2_args(parser, pairs_help: str = "(reference, target) pairs per SAM2 forward") -> None:
     from utils.sam2_model import CHECKPOINT_DIR, SAM2_1_MODELS
 
     config, checkpoint = SAM2_1_MODELS["large"]
-    parser.add_argument("--sam2_cfg", default=config,
-                        help="sam2 config name (e.g. configs/sam2.1/sam2.1_hiera_t.yaml) "
-                             "or path to a yaml file of the same structure")
+    add_sam2_cfg_arg(parser, config)
     parser.add_argument("--sam2_checkpoint", default=f"{CHECKPOINT_DIR}/{checkpoint}",
                         help="official checkpoint file ({'model': state_dict})")
     add_device_args(parser)
-    parser.add_argument("--pair_batch_size", type=int, default=None,
+    parser.add_argument("--pair_batch_size", type=positive_int, default=None,
                         help=f"{pairs_help} (default: 8 on a GPU, 1 on the CPU)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile SAM2's image encoder, memory attention and mask decoder "
                              "(slower than eager on the CPU; README: Performance)")
 
 
-def add_device_args(parser, workers_help: str = "processes that decode images ahead of the model") -> None:
+def add_device_arg(parser) -> None:
     parser.add_argument("--device", default=None,
                         help="cuda (under torchrun: the GPU of this process's LOCAL_RANK) or cpu "
                              "(default: cuda if available)")
+
+
+def add_device_args(parser, workers_help: str = "processes that decode images ahead of the model") -> None:
+    add_device_arg(parser)
     parser.add_argument("--amp", action="store_true",
                         help="bf16 autocast on CUDA and on CPUs with native bf16 (scores stay fp32)")
     parser.add_argument("--num_workers", type=int, default=None,
@@ -109,11 +128,56 @@ def add_dinov2_args(parser, model: str | None, resolution: int, preprocess: str,
     parser.add_argument("--dinov2_preprocess", choices=PREPROCESSING, default=preprocess,
                         help="large_side: aspect kept, zero padding to the patch size (ILIAS's official); "
                              "short_side_crop: shorter side resized, centre square crop")
-    parser.add_argument("--dinov2_batch_size", type=int, default=32, help="images per DINOv2 forward")
+    parser.add_argument("--dinov2_batch_size", type=positive_int, default=32, help="images per DINOv2 forward")
+
+
+def add_chunk_arg(parser, unit: str) -> None:
+    parser.add_argument("--chunk_size", type=positive_int, default=None,
+                        help=f"{unit} per saved part (default: the work cut into about 256 parts, the same for any "
+                             "number of processes)")
 
 
 def add_visualize_arg(parser, what: str) -> None:
     parser.add_argument("--visualize", type=int, default=0, metavar="N", help=f"write PNGs for {what}")
+
+
+def add_search_args(parser, visualize: bool = True) -> None:
+    """Your photos' search flags (search_photos.py, app.py): their defaults are `SearchOptions`'."""
+    from utils.photo_search import SearchOptions
+    from utils.pseudo_video import SCORES
+
+    defaults = SearchOptions()
+    add_dinov2_args(parser, None, defaults.dinov2_resolution, defaults.dinov2_preprocess,
+                    "shortlist the photos with this DINOv2 (hub id or local folder) before SAM2")
+    parser.add_argument("--score", choices=SCORES, default=defaults.score, help="the SAM2 score that ranks")
+    parser.add_argument("--shortlist", type=positive_int, default=defaults.shortlist,
+                        help="with --dinov2: photos and videos per object that go to SAM2")
+    parser.add_argument("--video_fps", type=float, default=defaults.video_fps,
+                        help="video frames searched per second (the frames nearest to 0, 1/F, 2/F, ... s; 0: every "
+                             "frame)")
+    parser.add_argument("--full_decode", action="store_true",
+                        help="decode every photo whole (default: a JPEG larger than the model's input is decoded at "
+                             "the smallest DCT scale that still covers it, 2-8x fewer pixels)")
+    if visualize:
+        add_visualize_arg(parser, "each object: its references and its N best photos and videos, masks overlaid")
+
+
+def search_options(args, **settings):
+    """`SearchOptions` from the flags of `add_search_args` (and any others of its fields)."""
+    from utils.photo_search import SearchOptions
+
+    if args.video_fps < 0:
+        raise UserError("--video_fps must be 0 (every frame) or more", f"--video_fps {args.video_fps}",
+                        "pass 2 (two frames a second), or 0")
+    names = {f for f in SearchOptions.__dataclass_fields__ if hasattr(args, f)}
+    return SearchOptions(**{name: getattr(args, name) for name in names}, **settings)
+
+
+def sam2_run(args, run: Run, head=None):
+    """The SAM2 run of a script (utils/sam2_run.py), from its flags and run setup."""
+    from utils.sam2_run import Sam2Run
+
+    return Sam2Run.build(args.sam2_cfg, args.sam2_checkpoint, args.compile, run, head)
 
 
 def add_ilias_source_args(parser) -> None:
@@ -121,11 +185,21 @@ def add_ilias_source_args(parser) -> None:
                         help="stream shards from the Hugging Face hub, or read them from --data_path")
     parser.add_argument("--data_path", default=BENCHMARKS["ilias"].default_path,
                         help="--source local: folder holding the shards (or ilias_core/)")
-    for split in ILIAS_SPLITS:
-        parser.add_argument(f"--{split}_repo", default=ILIAS_REPO,
+    for split in ilias_store.SPLITS:
+        parser.add_argument(f"--{split}_repo", default=ilias_store.HUB_REPO,
                             help=f"--source hf: dataset repository of the {split} shards")
-        parser.add_argument(f"--{split}_shards", nargs="+", default=ILIAS_SHARDS[split],
+        parser.add_argument(f"--{split}_shards", nargs="+", default=ilias_store.SHARDS[split],
                             help=f"{split} shard files, in order (a name without .tar: ilias_core folder)")
+
+
+def add_ilias_dir_args(parser, *names: str) -> None:
+    """The ILIAS steps' folders (`topk`, `features`, `images`), defaults from utils/ilias_store.py."""
+    folders = {"topk": (ilias_store.TOPK_DIR, "holds topk_indices.npy, topk_scores.npy, topk_meta.json"),
+               "features": (ilias_store.FEATURES_DIR, "features of every split, with their manifests"),
+               "images": (ilias_store.IMAGES_DIR, "the extracted query, positive and candidate images")}
+    for name in names:
+        default, what = folders[name]
+        parser.add_argument(f"--{name}_dir", default=default, help=what)
 
 
 def data_path(args) -> Path:
@@ -181,14 +255,19 @@ def _git_state() -> dict:
     return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
 
 
+def write_metrics(output_dir, metrics: dict, record: dict, **work) -> tuple[Path, dict]:
+    """<output_dir>/metrics.json: the numbers, and the run's record with how the run went (`work`,
+    e.g. encoder_passes, which depend on the number of processes and on what a resumed run found
+    done), kept apart from the results. Returns the file and what was written."""
+    written = {**metrics, "run": {**record, **work}}
+    return save_json(Path(output_dir) / "metrics.json", written), written
+
+
 def finish(args, metrics: dict, table: str, run: Run | None = None, **work) -> dict:
     """Print the run's metric table and write the same numbers, with the run's record, to
-    <output_dir>/metrics.json. `work`: how the run went (e.g. encoder_passes, which depend on the
-    number of processes and on what a resumed run found done), kept in the record, apart from the
-    results. Returns what was written."""
+    <output_dir>/metrics.json (`write_metrics`). Returns what was written."""
     print(table)
-    written = {**metrics, "run": {**run_record(args, run), **work}}
-    path = save_json(Path(args.output_dir) / "metrics.json", written)
+    path, written = write_metrics(args.output_dir, metrics, run_record(args, run), **work)
     print(f"metrics written to {path}")
     return written
 
@@ -210,8 +289,11 @@ def run_cli(main, parser):
     try:
         if os.environ.get("RANK", "0") == "0":
             with OutputLock(args.output_dir):
-                return main(args)
-        return main(args)
+                result = main(args)
+        else:
+            result = main(args)
+        end_processes()
+        return result
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

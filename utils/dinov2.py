@@ -10,6 +10,7 @@ product is the cosine similarity. With amp, the model runs under bf16 autocast a
 norm in fp32 (utils/amp.py), so features are not rounded to bf16.
 """
 import math
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -88,25 +89,32 @@ def embed(model, pixels: torch.Tensor, amp: bool = False) -> torch.Tensor:
     return F.normalize(features.float(), dim=-1).cpu()
 
 
-def embed_images(model, images, resolution: int, mode: str, batch_size: int, amp: bool = False,
-                 desc: str | None = None, num_workers: int = 0) -> np.ndarray:
-    """Features [N, D] of images given as callables returning a PIL image, in their order,
-    decoded and preprocessed by `num_workers` processes ahead of the model (0: in this one);
-    preprocessed images of one shape are batched together."""
-    patch_size = model.config.patch_size
-    features = np.zeros((len(images), model.config.hidden_size), np.float32)
+def embed_batches(model, pixels: Iterable[torch.Tensor], batch_size: int, amp: bool = False) -> np.ndarray:
+    """Features [N, D] of a stream of preprocessed images, in their order; images of one shape are
+    batched together (only a batch per shape is held at a time)."""
+    features: list[np.ndarray | None] = []
     pending: dict[tuple, list] = {}  # shape -> [(position, pixels)]
 
     def flush(shape):
-        positions, pixels = zip(*pending.pop(shape))
-        features[list(positions)] = embed(model, torch.stack(pixels), amp).numpy()
+        positions, batch = zip(*pending.pop(shape))
+        for position, row in zip(positions, embed(model, torch.stack(batch), amp).numpy()):
+            features[position] = row
 
-    preprocessed = worker_map(lambda load: preprocess(load(), resolution, mode, patch_size), images, num_workers)
-    for position, pixels in enumerate(progress(preprocessed, total=len(images), desc=desc, unit="img",
-                                               disable=None if desc else True)):
-        pending.setdefault(tuple(pixels.shape), []).append((position, pixels))
-        if len(pending[tuple(pixels.shape)]) == batch_size:
-            flush(tuple(pixels.shape))
+    for image in pixels:
+        features.append(None)
+        pending.setdefault(tuple(image.shape), []).append((len(features) - 1, image))
+        if len(pending[tuple(image.shape)]) == batch_size:
+            flush(tuple(image.shape))
     for shape in list(pending):
         flush(shape)
-    return features
+    return np.stack(features) if features else np.zeros((0, model.config.hidden_size), np.float32)
+
+
+def embed_images(model, images, resolution: int, mode: str, batch_size: int, amp: bool = False,
+                 desc: str | None = None, num_workers: int = 0) -> np.ndarray:
+    """Features [N, D] of images given as callables returning a PIL image, in their order,
+    decoded and preprocessed by `num_workers` processes ahead of the model (0: in this one)."""
+    patch_size = model.config.patch_size
+    preprocessed = worker_map(lambda load: preprocess(load(), resolution, mode, patch_size), images, num_workers)
+    return embed_batches(model, progress(preprocessed, total=len(images), desc=desc, unit="img",
+                                         disable=None if desc else True), batch_size, amp)

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from utils.amp import amp_enabled
-from utils.errors import UserError, check_positive
+from utils.errors import UserError
 from utils.io import Parts
 
 DEFAULT_TIMEOUT_S = 1800
@@ -101,6 +101,14 @@ def _join(device: torch.device, rank: int, world: int, timeout_s: float) -> None
                         "or raise --dist_timeout") from None
 
 
+def end_processes() -> None:
+    """Leave the process group together, once every rank is done (as nanoGPT's train.py ends):
+    a process that exits with the group still up can abort in its teardown."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -111,10 +119,7 @@ def default_pair_batch_size(requested: int | None, device: torch.device) -> int:
     """Pairs per SAM2 forward pass: as asked, else 8 on a GPU and 1 on the CPU, where batching
     adds no throughput (each op already uses every core) and each new batch shape costs a
     warm-up (measured by bench.py)."""
-    if requested is not None:
-        check_positive(requested, "--pair_batch_size")
-        return requested
-    return 8 if device.type == "cuda" else 1
+    return requested if requested is not None else 8 if device.type == "cuda" else 1
 
 
 def default_num_workers(requested: int | None, device: torch.device) -> int:

@@ -10,12 +10,10 @@ class UserError(Exception):
         self.what, self.where, self.fix = what, where, fix
         super().__init__(f"{what} ({where}): {fix}")
 
+    def __reduce__(self):  # rebuilt by its fields, so a worker process can hand it over
+        return type(self), (self.what, self.where, self.fix)
+
 
 def warn(what: str, where: str, fix: str) -> None:
     """A problem that does not stop the run, on one stderr line: `warning: <what> (<where>): <fix>`."""
     print(f"warning: {what} ({where}): {fix}", file=sys.stderr)
-
-
-def check_positive(value: int, flag: str) -> None:
-    if value < 1:
-        raise UserError(f"{flag} must be at least 1", f"{flag} {value}", f"pass {flag} 1 or more")

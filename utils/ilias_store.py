@@ -13,16 +13,27 @@ without reading its input again. Global database index = position in the db shar
 distractor shards, in manifest order. Images are decoded by one rule in both stages
 (`decode_image`). Light on purpose: no `datasets`, no model code.
 """
-import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from utils.errors import UserError
+from utils.images import decode_bytes, image_size
 from utils.io import atomic_write_bytes, load_json, save_json, save_npy
-from utils.loaders.common import image_size
 
+# where the ILIAS steps read and write by default: step 3 writes FEATURES_DIR, step 4 TOPK_DIR, steps
+# 5-6 IMAGES_DIR, step 7 reads all three
+OUTPUTS = "outputs/ilias"
+FEATURES_DIR, TOPK_DIR, IMAGES_DIR = f"{OUTPUTS}/features", OUTPUTS, f"{OUTPUTS}/images"
+# the dataset on the hub, and its shards (datasets/ilias/README.md)
+HUB_REPO = "vrg-prague/ilias"
+SPLITS = ("queries", "db", "distractors")
+SHARDS = {
+    "queries": ["ilias-core-queries-img-000000.tar"],
+    "db": ["ilias-core-db-000000.tar"],
+    "distractors": [f"mini_ilias_yfcc100m-{i:06d}.tar" for i in range(45)],
+}
 SETTINGS = ("model", "resolution", "preprocess", "query_crop")
 EXIF_TRANSPOSED = ("queries", "db")  # ILIAS-core; the YFCC100M distractors keep their raw pixels
 TOPK_FILES = ("topk_indices.npy", "topk_scores.npy", "topk_meta.json")
@@ -49,12 +60,7 @@ def decode_image(data: bytes, split: str) -> Image.Image | None:
     cannot be decoded. ILIAS-core images (queries, db) go through its `ImageDataset`, which applies
     `ImageOps.exif_transpose` (their boxes are in the rotated frame); distractors go through its
     webdataset pipeline (`decode("pilrgb")`), which does not."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            rgb = image.convert("RGB")
-            return ImageOps.exif_transpose(rgb) if split in EXIF_TRANSPOSED else rgb
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return None
+    return decode_bytes(data, exif=split in EXIF_TRANSPOSED)
 
 
 # --- features ---------------------------------------------------------------------------------

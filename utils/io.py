@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -136,33 +137,51 @@ class Parts:
             return {name: saved[name] for name in saved.files}
 
 
-class OutputLock:
-    """One run at a time per output folder: an exclusive lock on `<folder>/.lock`, released when
-    the process ends, however it ends (the kernel drops the lock of a killed process, so a stale
-    lock never blocks). A POSIX record lock, not flock: forked DataLoader workers do not inherit
-    it, so a killed run's orphaned workers cannot keep it. A second run stops with one line."""
+class FileLock:
+    """An exclusive lock on a file, between processes and between the threads of one (a page's
+    requests), released when the process ends, however it ends (the kernel drops the lock of a
+    killed process, so a stale lock never blocks). A POSIX record lock, not flock: forked
+    DataLoader workers do not inherit it, so a killed run's orphaned workers cannot keep it; it
+    does not exclude the threads of its process, which a lock per file in the process does.
+    `wait`: wait for the holder to release it; else raise `busy` at once."""
+    _in_process: dict[str, threading.Lock] = {}
+    _registry = threading.Lock()
 
-    def __init__(self, folder):
-        self.path = Path(folder) / LOCK_NAME
+    def __init__(self, path, wait: bool = True, busy: UserError | None = None):
+        self.path, self.wait, self.busy = Path(path), wait, busy
         self.file = None
+        with FileLock._registry:
+            self.thread_lock = FileLock._in_process.setdefault(str(self.path.absolute()), threading.Lock())
 
     def __enter__(self):
+        if not self.thread_lock.acquire(blocking=self.wait):
+            raise self.busy
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(self.path, "a+")
         except OSError as err:
+            self.thread_lock.release()
             raise _write_error(self.path, err) from None
         try:
-            fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(self.file, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except OSError as err:
             self.file.close()
-            if err.errno not in (errno.EACCES, errno.EAGAIN):
+            self.thread_lock.release()
+            if err.errno not in (errno.EACCES, errno.EAGAIN) or self.busy is None:
                 raise _write_error(self.path, err) from None
-            raise UserError("another run is writing to this folder", str(self.path.parent),
-                            "wait for it to finish, or use another --output_dir") from None
+            raise self.busy from None
         return self
 
     def __exit__(self, *exc):
         fcntl.lockf(self.file, fcntl.LOCK_UN)
         self.file.close()
+        self.thread_lock.release()
         return False
+
+
+class OutputLock(FileLock):
+    """One run at a time per output folder: a second run stops with one line."""
+
+    def __init__(self, folder):
+        super().__init__(Path(folder) / LOCK_NAME, wait=False, busy=UserError(
+            "another run is writing to this folder", str(folder), "wait for it to finish, or use another --output_dir"))

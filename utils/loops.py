@@ -52,14 +52,16 @@ class _Mapped(Dataset):
         try:
             return self.function(self.items[i]), None
         except UserError as err:
-            return None, (err.what, err.where, err.fix)
+            return None, err
 
 
-def worker_map(function: Callable, items: list, num_workers: int, pin_memory: bool = False) -> Iterator:
+def worker_map(function: Callable, items: list, num_workers: int, pin_memory: bool = False,
+               keep_going: tuple[type[UserError], ...] = ()) -> Iterator:
     """function(item) for each item, in order, computed by `num_workers` processes ahead of the
     consumer (0: in this process, when asked for); tensors in pinned memory if `pin_memory`. A
-    user error raised for an item is raised again here, where the run reports it."""
+    user error raised for an item is raised again here, where the run reports it; one of the
+    kinds in `keep_going` (a damaged photo of a library, say) is yielded in the item's place."""
     for value, error in worker_loader(_Mapped(function, items), min(num_workers, len(items)), pin_memory):
-        if error is not None:
-            raise UserError(*error)
-        yield value
+        if error is not None and not isinstance(error, keep_going):
+            raise error
+        yield value if error is None else error

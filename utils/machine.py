@@ -41,7 +41,8 @@ def summary(info: dict) -> str:
     return f"{info['gpu']} (host: {text})" if "gpu" in info else text
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU's), so that a timing covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -54,10 +55,10 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         torch.mm(a, b)
-        _synchronize(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best
 

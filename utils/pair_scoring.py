@@ -19,17 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from utils.errors import UserError
 from utils.feed import FrameFeed
 from utils.io import Parts
 from utils.loops import batched, progress
-from utils.pseudo_video import Prompt, PseudoVideo, Reference, TargetScores, presence_score
-
-
-@dataclass(frozen=True)
-class ReferenceFrame:
-    """One reference frame: the id of its image and its prompt."""
-    image: str
-    prompt: Prompt
+from utils.prompts import ReferenceFrame
+from utils.pseudo_video import PseudoVideo, Reference, TargetScores, presence_score
 
 
 @dataclass
@@ -84,16 +79,19 @@ class PairScheduler:
 
     def batches(self, pairs: Sequence[tuple[Hashable, str]], references: Mapping[Hashable, Sequence[ReferenceFrame]],
                 with_masks: bool = False, grad: bool = False, desc: str | None = None,
-                groups: Sequence[Hashable] | None = None) -> Iterator[tuple[list[int], TargetScores]]:
+                groups: Sequence[Hashable] | None = None,
+                keep_going: tuple = ()) -> Iterator[tuple[list[int], TargetScores | UserError]]:
         """Score (reference key, target image id) pairs; `references[key]` are its frames (k-shot
         when several). Yields (positions in `pairs`, their results) batch by batch; every pair
         comes exactly once. With masks, each target's mask logits at its own size; with grad,
         autograd records the SAM2 heads (training). `groups` (one per pair, e.g. the saved part it
         belongs to): targets of different groups never share a batch, so a group's numbers do not
-        depend on what else is run with it (a resumed run equals an uninterrupted one)."""
+        depend on what else is run with it (a resumed run equals an uninterrupted one). A target
+        that fails to decode with an error of a kind in `keep_going` gives (its pairs' positions,
+        that error) instead of results; a reference image that cannot be read always stops."""
         engine = self.engine
         steps = plan(pairs, references, self.pair_batch_size, groups)
-        frames = self.feed.frames(decode_order(steps, references))
+        frames = self.feed.frames(decode_order(steps, references), keep_going)
         uses_left = Counter(reference for reference, _ in pairs)
         # images needed later: as a prompt of a reference not built yet, or as a target
         prompts_left = Counter(frame.image for key in uses_left for frame in references[key])
@@ -103,6 +101,9 @@ class PairScheduler:
         def build(key, current: dict) -> Reference:
             frames_of_key = references[key]
             prepared = [current[f.image] if f.image in current else next(frames) for f in frames_of_key]
+            for frame in prepared:
+                if isinstance(frame, UserError):
+                    raise frame
             reference = engine.encode_reference(prepared, [f.prompt for f in frames_of_key])
             for frame in frames_of_key:
                 prompts_left[frame.image] -= 1
@@ -113,14 +114,19 @@ class PairScheduler:
         with progress(total=len(targets_left), desc=desc, unit="img", disable=None if desc else True) as bar:
             for step in steps:
                 current = {target: next(frames) for target in step.targets}
-                engine.encode(list(current.values()))
+                failed = {t: frame for t, frame in current.items() if isinstance(frame, UserError)}
+                engine.encode([frame for t, frame in current.items() if t not in failed])
                 for batch, new in step.batches:
                     for key in new:
                         memories[key] = build(key, current)
-                    keys = [pairs[p][0] for p in batch]
-                    yield batch, engine.score_pairs([memories[k] for k in keys], [current[pairs[p][1]] for p in batch],
-                                                    with_masks=with_masks, grad=grad)
-                    for key in keys:
+                    for target in dict.fromkeys(pairs[p][1] for p in batch if pairs[p][1] in failed):
+                        yield [p for p in batch if pairs[p][1] == target], failed[target]
+                    scored = [p for p in batch if pairs[p][1] not in failed]
+                    if scored:
+                        yield scored, engine.score_pairs([memories[pairs[p][0]] for p in scored],
+                                                         [current[pairs[p][1]] for p in scored],
+                                                         with_masks=with_masks, grad=grad)
+                    for key in (pairs[p][0] for p in batch):
                         uses_left[key] -= 1
                         if not uses_left[key]:
                             del memories[key]
@@ -153,35 +159,44 @@ def _runs(items: list, key) -> list[list]:
 def score_in_parts(scheduler: PairScheduler, parts: Parts, chunks: Sequence[Sequence[tuple[Hashable, str]]],
                    chunk_ids: Sequence[int], references, with_masks: bool = False,
                    on_result: Callable[[tuple, TargetScores, int], np.ndarray | None] | None = None,
-                   desc: str | None = None) -> None:
+                   desc: str | None = None, keep_going: tuple = ()) -> None:
     """Score the pairs of chunks `chunk_ids` not finished yet, in one scheduler run (so an image
     shared by chunks is encoded once), and save each chunk when its last pair is scored: the
     chunk's `iou` and `object_score_logit` in its pairs' order (`presence_score` turns them into
     any score). `on_result(pair, result, i)` sees each pair's result (row i), e.g. to write its
     mask; what it returns (a 1-D array, e.g. the pair's pixel counts) is saved too, as the rows
-    of the chunk's `records`."""
+    of the chunk's `records`. With `keep_going` (see `PairScheduler.batches`), a pair whose
+    target could not be read gets NaN numbers, and the chunk's `unreadable` holds, per pair, why
+    ("" for the pairs that were scored)."""
     todo = [c for c in chunk_ids if not parts.done(c)]
     pairs = [pair for c in todo for pair in chunks[c]]
     owner = [(c, j) for c in todo for j in range(len(chunks[c]))]
     filled = {c: {"iou": np.zeros(len(chunks[c]), np.float32),
-                  "object_score_logit": np.zeros(len(chunks[c]), np.float32)} for c in todo}
+                  "object_score_logit": np.zeros(len(chunks[c]), np.float32),
+                  **({"unreadable": [""] * len(chunks[c])} if keep_going else {})} for c in todo}
     records = {c: [None] * len(chunks[c]) for c in todo}
     left = {c: len(chunks[c]) for c in todo}
 
     def save(c):
-        rows = records.pop(c)
-        parts.save(c, **filled.pop(c), **({"records": np.stack(rows)} if rows and rows[0] is not None else {}))
+        rows, arrays = records.pop(c), filled.pop(c)
+        if keep_going:
+            arrays["unreadable"] = np.array(arrays["unreadable"], dtype=str)
+        parts.save(c, **arrays, **({"records": np.stack(rows)} if any(r is not None for r in rows) else {}))
 
     for c in [c for c in todo if not left[c]]:  # an empty chunk is finished at once
         save(c)
     for batch, result in scheduler.batches(pairs, references, with_masks=with_masks, desc=desc,
-                                           groups=[c for c, _ in owner]):
+                                           groups=[c for c, _ in owner], keep_going=keep_going):
         for i, position in enumerate(batch):
             c, j = owner[position]
-            filled[c]["iou"][j] = result.iou[i].item()
-            filled[c]["object_score_logit"][j] = result.object_score_logit[i].item()
-            if on_result is not None:
-                records[c][j] = on_result(pairs[position], result, i)
+            if isinstance(result, UserError):
+                filled[c]["iou"][j] = filled[c]["object_score_logit"][j] = np.nan
+                filled[c]["unreadable"][j] = result.what
+            else:
+                filled[c]["iou"][j] = result.iou[i].item()
+                filled[c]["object_score_logit"][j] = result.object_score_logit[i].item()
+                if on_result is not None:
+                    records[c][j] = on_result(pairs[position], result, i)
             left[c] -= 1
             if not left[c]:
                 save(c)

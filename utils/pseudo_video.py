@@ -1,25 +1,34 @@
-"""The pseudo-video engine: reference frames with a prompt, then a target frame.
+"""The pseudo-video engine: reference frames with a prompt, then the frames that follow them.
 
-Frames 0..n-1 of the pseudo-video are the reference images (mask or box prompt each, k-shot when
-n > 1) and frame n is a target. For every target, `score_targets` computes what the official
-`SAM2VideoPredictor` computes for the last frame of the video [ref_1, ..., ref_n, target] whose
-references got the same prompts through `add_new_mask` / `add_new_points_or_box`
-(tests/test_pseudo_video.py checks it against the official predictor: SAM 2.1 and SAM 2.0
-configs, frames of different sizes, objects present and absent), with three differences that
-change no number:
+Frames 0..n-1 of a pseudo-video are the reference images (each prompted with a mask, a box,
+points, or a box and points; k-shot when n > 1), then come targets:
+- `score_pairs` scores a batch of pseudo-videos [references, target], each target the last frame
+  of its own video: what the official `SAM2VideoPredictor` computes for the last frame of the
+  video [ref_1, ..., ref_n, target] whose references got the same prompts through `add_new_mask`
+  / `add_new_points_or_box`;
+- `track` follows objects through the frames of a real video, [references, frame_1, frame_2,
+  ...]: what the official predictor's `propagate_in_video` computes for each frame, keeping only
+  the memory window SAM2 reads (the reference frames and the last few frames), so that memory
+  stays flat over a clip of any length.
+tests/test_pseudo_video.py and tests/test_video.py check both against the official predictor
+(SAM 2.1 and SAM 2.0 configs, frames of different sizes, objects present and absent, every
+prompt kind), with differences that change no number:
 - it keeps the predicted IoUs of the candidate masks, which `track_step` drops;
-- it scores a batch of targets against one reference memory at once;
+- it scores a batch of targets against their references at once, and tracks several objects
+  through one pass over a video's frames;
 - it encodes each image once per run: backbone features are cached by image id, and the
-  memory encoder is not run on targets (nothing comes after them).
-One difference does change numbers, on purpose: a box is scaled to the model's input by the size
-of the image it was drawn on. The official predictor scales every box by the video's size, which
-is its last frame's (`load_video_frames`), so on a pseudo-video whose frames differ in size it
-would misplace the reference's box; both agree when the frames have one size.
+  memory encoder is not run on pair targets (nothing comes after them).
+One difference does change numbers, on purpose: boxes and points are scaled to the model's input
+by the size of the image they were drawn on. The official predictor scales them by the video's
+size, which is its last frame's (`load_video_frames`), so on a pseudo-video whose frames differ
+in size it would misplace the reference's prompt; both agree when the frames have one size (or
+when the official predictor is given relative coordinates with `normalize_coords=False`).
 The model is driven through `SAM2Base`'s own methods; nothing of sam2 is re-implemented.
 """
+import contextlib
 import functools
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,7 +37,9 @@ from PIL import Image
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.utils.misc import concat_points, fill_holes_in_mask_scores
 
-from utils.amp import autocast, keep_fp32, map_tensors
+from utils.amp import MatmulAttention, autocast, keep_fp32, map_tensors
+from utils.images import Decoded
+from utils.prompts import Prompt
 
 # sam2.utils.misc.load_video_frames normalises with these
 IMG_MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float32)[:, None, None]
@@ -47,12 +58,15 @@ class Frame:
     image_id: str | None = None  # frames with an id share one encoder pass per run
 
 
-def prepare_frame(image: Image.Image, image_size: int, image_id: str | None = None) -> Frame:
+def prepare_frame(image: Image.Image | Decoded, image_size: int, image_id: str | None = None) -> Frame:
     """The first half of sam2's video frame loader (`_load_img_as_tensor`): PIL RGB,
-    resize((S, S)) with PIL's default filter; `normalise` does the rest."""
-    rgb = image.convert("RGB")
-    resized = np.array(rgb.resize((image_size, image_size)))  # a writable copy, as torch needs
-    return Frame(torch.from_numpy(resized).permute(2, 0, 1).contiguous(), rgb.height, rgb.width, image_id)
+    resize((S, S)) with PIL's default filter; `normalise` does the rest. An image decoded
+    reduced (utils/images.py `Decoded`) keeps its photo's own size as the frame's size."""
+    height, width = (image.height, image.width)
+    if isinstance(image, Decoded):
+        image = image.image
+    resized = np.array(image.convert("RGB").resize((image_size, image_size)))  # a writable copy, as torch needs
+    return Frame(torch.from_numpy(resized).permute(2, 0, 1).contiguous(), height, width, image_id)
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:
@@ -63,46 +77,13 @@ def normalise(pixels: torch.Tensor) -> torch.Tensor:
     return (scaled - IMG_MEAN.to(pixels.device)) / IMG_STD.to(pixels.device)
 
 
-@dataclass(frozen=True)
-class Prompt:
-    """How a reference frame shows the object: its mask (bool HxW at the image's size) or its box
-    (x1, y1, x2, y2 in pixels of the image); with `box_as_mask`, the box filled as a mask prompt
-    (integer corners; made at the image's size when needed)."""
-    mask: np.ndarray | None = None
-    box: tuple[float, float, float, float] | None = None
-    box_as_mask: bool = False
-
-    def __post_init__(self):
-        if (self.mask is None) == (self.box is None) or (self.box_as_mask and self.box is None):
-            raise ValueError("a prompt is a mask or a box")
-
-    def mask_for(self, height: int, width: int) -> np.ndarray | None:
-        """The mask prompt (None for a box prompt)."""
-        if not self.box_as_mask:
-            return self.mask
-        x1, y1, x2, y2 = (int(v) for v in self.box)
-        mask = np.zeros((height, width), bool)
-        mask[y1:y2, x1:x2] = True
-        return mask
-
-
-QUERY_PROMPTS = ("box", "box_mask")  # how an ILIAS / revisitop query shows its object
-
-
-def query_prompt(box: tuple[float, float, float, float], kind: str) -> Prompt:
-    """A retrieval query's prompt, the same in training (train_revisitop.py) and in re-ranking
-    (sam2_reranking.py): the whole query image with its box (`box`), or that box filled as a
-    mask (`box_mask`)."""
-    if kind not in QUERY_PROMPTS:
-        raise ValueError(f"unknown query prompt {kind!r}, expected one of {QUERY_PROMPTS}")
-    return Prompt(box=box, box_as_mask=kind == "box_mask")
-
-
 @dataclass
 class Reference:
     """The memory of the reference frames, as the official predictor stores it after
-    `propagate_in_video_preflight`: one conditioning output per reference frame."""
+    `propagate_in_video_preflight`: one conditioning output per reference frame; and each
+    frame's (height, width)."""
     cond_outputs: dict[int, dict]
+    sizes: list[tuple[int, int]]
 
     @property
     def num_frames(self) -> int:
@@ -130,6 +111,20 @@ class TargetScores:
                                  align_corners=False)[0, 0].cpu()
 
 
+@dataclass
+class Track:
+    """One object followed through a video: its reference memory, and the outputs of the frames
+    tracked so far that SAM2 still reads (the last `window` of them; older ones are dropped)."""
+    reference: Reference
+    window: int
+    recent: dict[int, dict] = field(default_factory=dict)  # frame index in the video -> output
+
+    def remember(self, frame_idx: int, output: dict) -> None:
+        self.recent[frame_idx] = output
+        for old in [t for t in self.recent if t <= frame_idx - self.window]:
+            del self.recent[old]
+
+
 def presence_score(iou: torch.Tensor, object_score_logit: torch.Tensor, kind: str) -> torch.Tensor:
     """`iou` (the chosen mask's predicted IoU), `object` (sigmoid of the object-score logit) or
     `iou_x_object` (their product)."""
@@ -153,12 +148,20 @@ class PseudoVideo:
     compiled: `torch.compile` of the image encoder, memory attention and mask decoder
     (`compile_modules`), with static shapes: batches of more than one image or pair are padded
     to `static_batch` (the pair batch size), so that each shape compiles once; give it a model of
-    its own too."""
+    its own too.
+    matmul_attention: with amp on a CPU (not compiled), run SAM2's attention as bf16 matrix
+    products (utils/amp.py `MatmulAttention`); None: on CPUs without AMX, where PyTorch's kernel
+    gains nothing in bf16 (decided by the CPU, not by a timing, so that every process and every
+    run of a machine computes the same numbers; bench.py measures both). `attention` says which."""
 
-    def __init__(self, model: SAM2Base, amp: bool = False, compiled: bool = False, static_batch: int = 1):
+    def __init__(self, model: SAM2Base, amp: bool = False, compiled: bool = False, static_batch: int = 1,
+                 matmul_attention: bool | None = None):
         self.model = model
         self.device = model.device
         self.amp = amp
+        chosen = matmul_attention if matmul_attention is not None else not torch.cpu._is_amx_tile_supported()
+        self.attention = {"kind": "matmul" if amp and self.device.type == "cpu" and not compiled and chosen
+                          else "kernel"}
         if amp:
             keep_fp32(model.sam_mask_decoder, self.device)
             # the trunk's features come out channels-last: convolutions that are too skip a reorder
@@ -187,8 +190,24 @@ class PseudoVideo:
         for image_id in image_ids:
             self._backbone_cache.pop(image_id, None)
 
+    def clear(self) -> None:
+        """Drop every cached encoder output and reset the pass counter: the engine is as new."""
+        self._backbone_cache.clear()
+        self.encoder_passes = 0
+
+    @property
+    def cached(self) -> list[str]:
+        """The image ids whose encoder outputs are cached, oldest first."""
+        return list(self._backbone_cache)
+
     def autocast(self):
-        return autocast(self.device, self.amp)
+        """bf16 autocast with amp (and attention as matrix products where chosen), else nothing."""
+        if self.attention["kind"] == "kernel":
+            return autocast(self.device, self.amp)
+        stack = contextlib.ExitStack()
+        stack.enter_context(autocast(self.device, self.amp))
+        stack.enter_context(MatmulAttention())
+        return stack
 
     def encode(self, frames: list[Frame]) -> None:
         """Run the image encoder once on the frames not cached yet (one batch), and cache them."""
@@ -238,12 +257,16 @@ class PseudoVideo:
             mask = (mask >= 0.5).float()
         return mask
 
-    def _box_prompt(self, box, frame: Frame) -> dict:
-        """As `add_new_points_or_box`: the box corners as points with labels 2 and 3."""
-        points = torch.tensor(box, dtype=torch.float32).reshape(1, 2, 2)
-        labels = torch.tensor([[2, 3]], dtype=torch.int32)
+    def _point_prompt(self, prompt: Prompt, frame: Frame) -> dict:
+        """As `add_new_points_or_box` in one call: the box corners first, as points with labels 2
+        and 3, then the points with theirs, scaled from the frame's pixels to the model's input."""
+        coords = [list(prompt.box[:2]), list(prompt.box[2:])] if prompt.box is not None else []
+        labels = [2, 3] if prompt.box is not None else []
+        coords += [list(point) for point in prompt.points]
+        labels += list(prompt.labels)
+        points = torch.tensor(coords, dtype=torch.float32).reshape(1, -1, 2)
         points = points / torch.tensor([frame.width, frame.height]) * self.image_size
-        return concat_points(None, points.to(self.device), labels.to(self.device))
+        return concat_points(None, points.to(self.device), torch.tensor([labels], dtype=torch.int32).to(self.device))
 
     def _fill_holes(self, low_res_masks: torch.Tensor) -> torch.Tensor:
         """sam2's hole filling, as the official predictor applies it. Where sam2 cannot run it
@@ -261,8 +284,8 @@ class PseudoVideo:
     @torch.no_grad()
     def encode_reference(self, frames: list[Frame], prompts: list[Prompt]) -> Reference:
         """Build the reference memory, frame i prompted by prompts[i]. With a mask the memory is
-        made from the mask itself (sam2's `_use_mask_as_output`); with a box, from the decoder's
-        prediction."""
+        made from the mask itself (sam2's `_use_mask_as_output`); with a box or points, from the
+        decoder's prediction (`reference_masks` gives it)."""
         if len(prompts) != len(frames) or not frames:
             raise ValueError("one prompt per reference frame, at least one frame")
         model, n = self.model, len(frames)
@@ -274,7 +297,7 @@ class PseudoVideo:
                 out = model.track_step(
                     frame_idx=idx, is_init_cond_frame=True, current_vision_feats=vision_feats,
                     current_vision_pos_embeds=vision_pos_embeds, feat_sizes=feat_sizes,
-                    point_inputs=self._box_prompt(prompt.box, frame) if mask is None else None,
+                    point_inputs=self._point_prompt(prompt, frame) if mask is None else None,
                     mask_inputs=self._mask_prompt(mask) if mask is not None else None,
                     output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
                     num_frames=n, run_mem_encoder=False)
@@ -296,13 +319,16 @@ class PseudoVideo:
                 "obj_ptr": out["obj_ptr"],
                 "object_score_logits": out["object_score_logits"],
             }
-        return Reference(cond_outputs)
+        return Reference(cond_outputs, [(frame.height, frame.width) for frame in frames])
 
-    def score_targets(self, reference: Reference, frames: list[Frame],
-                      with_masks: bool = True) -> TargetScores:
-        """Track the reference object into each target frame (a batch) and score it. With masks,
-        the model's mask logits are kept (`TargetScores.mask_logit` gives one at its image's size)."""
-        return self.score_pairs([reference] * len(frames), frames, with_masks)
+    def reference_mask(self, reference: Reference, index: int) -> np.ndarray:
+        """The mask SAM2 makes on reference frame `index` from its prompt, at the frame's size: what
+        the official predictor returns for that frame when the prompt is added (the decoder's
+        low-resolution logits, holes filled, upsampled bilinearly, > 0). For a mask prompt it is
+        the mask-as-output SAM2 stores (the prompt itself is the mask to show)."""
+        logits = reference.cond_outputs[index]["pred_masks"].float()
+        return (F.interpolate(logits, size=reference.sizes[index], mode="bilinear",
+                              align_corners=False)[0, 0] > 0).cpu().numpy()
 
     def score_pairs(self, references: list[Reference], frames: list[Frame], with_masks: bool = True,
                     grad: bool = False) -> TargetScores:
@@ -343,6 +369,53 @@ class PseudoVideo:
         padding = self._padding(len(pixels))
         return torch.cat([pixels, pixels[-1:].expand(padding, -1, -1, -1)]) if padding else pixels
 
+    def track(self, reference: Reference) -> Track:
+        """A new track of the object of `reference` (see `track_frame`). Its window holds the
+        frames SAM2 reads back: the last `num_maskmem - 1` memories (every
+        `memory_temporal_stride_for_eval`-th frame) and `max_obj_ptrs_in_encoder - 1` object
+        pointers."""
+        model = self.model
+        stride = model.memory_temporal_stride_for_eval
+        return Track(reference, max((model.num_maskmem - 1) * stride + 1, model.max_obj_ptrs_in_encoder))
+
+    @torch.no_grad()
+    def track_frame(self, tracks: list[Track], frame: Frame, position: int, frames_in_video: int) -> list[TargetScores]:
+        """Track each object into the next frame of its video, as the official predictor's
+        `propagate_in_video` does for the video [its references, frame 0, frame 1, ...]: the frame
+        at `position` among the tracked frames (0 for the first) attends to its reference
+        memories and to the memories and object pointers of the frames before it; its own
+        memory is encoded for the frames after it. `frames_in_video`: how many frames are tracked
+        (the official predictor's video length is that plus the references); any larger number
+        gives the same numbers once the video reaches `max_obj_ptrs_in_encoder` frames. The frame
+        is encoded once for all the tracks."""
+        vision_feats, vision_pos_embeds, feat_sizes = self._features([frame])
+        results = []
+        for track in tracks:
+            frame_idx = track.reference.num_frames + position
+            output_dict = {"cond_frame_outputs": track.reference.cond_outputs, "non_cond_frame_outputs": track.recent}
+            with self.autocast():
+                out, sam_outputs, _, _ = self.model._track_step(
+                    frame_idx=frame_idx, is_init_cond_frame=False, current_vision_feats=vision_feats,
+                    current_vision_pos_embeds=vision_pos_embeds, feat_sizes=feat_sizes, point_inputs=None,
+                    mask_inputs=None, output_dict=output_dict,
+                    num_frames=track.reference.num_frames + frames_in_video, track_in_reverse=False,
+                    prev_sam_mask_logits=None)
+                _, _, ious, low_res_masks, high_res_masks, obj_ptr, object_score_logits = sam_outputs
+                self.model._encode_memory_in_output(vision_feats, feat_sizes, None, True, high_res_masks,
+                                                    object_score_logits, out)
+            pred_masks = self._fill_holes(low_res_masks.float())
+            if self._maskmem_pos_enc is None:
+                self._maskmem_pos_enc = [pos[:1].clone() for pos in out["maskmem_pos_enc"]]
+            track.remember(frame_idx, {
+                # stored in bf16 by the official predictor (`_run_single_frame_inference`)
+                "maskmem_features": out["maskmem_features"].to(torch.bfloat16),
+                "maskmem_pos_enc": self._maskmem_pos_enc, "pred_masks": pred_masks, "obj_ptr": obj_ptr,
+                "object_score_logits": object_score_logits})
+            ious = ious.float().cpu()
+            results.append(TargetScores(ious=ious, iou=ious.max(dim=1).values,
+                                        object_score_logit=object_score_logits.float()[:, 0].cpu(),
+                                        low_res_masks=pred_masks, sizes=[(frame.height, frame.width)]))
+        return results
 
 def compile_modules(model: SAM2Base) -> None:
     """`torch.compile` SAM2's image encoder, memory attention and mask decoder, as sam2's

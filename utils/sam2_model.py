@@ -32,6 +32,33 @@ SAM2_1_MODELS = {
     "large": ("configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
 }
 DEFAULT_CFG = SAM2_1_MODELS["large"][0]
+# SAM2.1-tiny shrunk: the real architecture and code paths at 256 px with narrow layers, so that a
+# pseudo-video runs in well under a second on a CPU (the tests; bench.py's memory of long videos)
+SHRUNK_OVERRIDES = [  # hydra overrides of SAM2.1-tiny's config
+    "++model.image_size=256",
+    "++model.image_encoder.trunk.embed_dim=16",
+    "++model.image_encoder.trunk.num_heads=1",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    # a global attention block must not open a stage
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.image_encoder.neck.d_model=64",
+    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
+    "++model.image_encoder.neck.position_encoding.num_pos_feats=64",
+    "++model.memory_attention.d_model=64",
+    "++model.memory_attention.num_layers=2",
+    "++model.memory_attention.layer.d_model=64",
+    "++model.memory_attention.layer.dim_feedforward=128",
+    "++model.memory_attention.layer.self_attention.embedding_dim=64",
+    "++model.memory_attention.layer.self_attention.feat_sizes=[16,16]",
+    "++model.memory_attention.layer.cross_attention.embedding_dim=64",
+    "++model.memory_attention.layer.cross_attention.feat_sizes=[16,16]",
+    "++model.memory_attention.layer.cross_attention.kv_in_dim=16",
+    "++model.memory_encoder.out_dim=16",
+    "++model.memory_encoder.in_dim=64",
+    "++model.memory_encoder.position_encoding.num_pos_feats=16",
+    "++model.memory_encoder.mask_downsampler.embed_dim=64",
+    "++model.memory_encoder.fuser.layer.dim=64",
+]
 
 
 def _config_source(cfg: str) -> tuple[Path | None, Path]:
@@ -99,6 +126,13 @@ def build_sam2_model(cfg: str, checkpoint: str | None, device="cpu", overrides=(
                             "sam2.1_hiera_tiny.pt") from None
     model.requires_grad_(False)
     return model.eval().to(device)
+
+
+def lift_object_scores(model: SAM2Base, amount: float = 3.0) -> SAM2Base:
+    """Random weights (benchmarks, tests) score every object as absent, and SAM2 then blanks its
+    masks: lift the object-score head's bias so that objects are found and masks drawn."""
+    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data += amount
+    return model
 
 
 def load_sam2_state_dict(checkpoint: str) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from utils.images import mask_box
 from utils.io import atomic_write_bytes, save_png
 
 
@@ -103,9 +104,7 @@ def write_custom(root, num_objects: int = 2, num_images: int = 8, seed: int = 0,
         save_png(root / "references" / f"{name}.png", mask.astype(np.uint8) * 255)
         image, mask = render_scene(rng, obj, *size, scale=0.35)
         write_jpeg(root / "references" / f"{name}_2.jpg", image)
-        ys, xs = np.nonzero(mask)
-        atomic_write_bytes(root / "references" / f"{name}_2.txt",
-                           f"{xs.min()} {ys.min()} {xs.max() + 1} {ys.max() + 1}\n".encode())
+        atomic_write_bytes(root / "references" / f"{name}_2.txt", (" ".join(map(str, mask_box(mask))) + "\n").encode())
         holds[name] = []
     blank = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     for i in range(num_images):

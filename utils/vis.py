@@ -6,6 +6,7 @@ from scipy import ndimage
 PRED_COLOR = np.array([255, 40, 40], np.float32)
 GT_COLOR = np.array([40, 255, 40], np.uint8)
 QUERY_COLOR = (255, 220, 0)
+POINT_COLORS = {1: (40, 220, 40), 0: (230, 40, 40)}  # on the object, not on it
 
 
 def outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
@@ -43,9 +44,17 @@ def with_mask_outline(image: Image.Image, mask: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def with_prompt(image: Image.Image, mask: np.ndarray | None = None, box=None) -> Image.Image:
-    """The image with its prompt drawn: a mask outlined or a box."""
-    return with_mask_outline(image, mask) if mask is not None else with_box(image, box)
+def with_prompt(image: Image.Image, mask: np.ndarray | None = None, box=None, points=(), labels=()) -> Image.Image:
+    """The image with its prompt drawn: a mask outlined, a box, points (green on the object, red
+    not on it)."""
+    annotated = with_mask_outline(image, mask) if mask is not None else image.convert("RGB")
+    if box is not None:
+        annotated = with_box(annotated, box)
+    draw, radius = ImageDraw.Draw(annotated), max(3, min(image.size) // 80)
+    for (x, y), label in zip(points, labels):
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=POINT_COLORS[label], outline=(255, 255, 255),
+                     width=max(1, radius // 3))
+    return annotated
 
 
 def with_box(image: Image.Image, box) -> Image.Image:

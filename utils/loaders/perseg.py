@@ -8,7 +8,8 @@ rest are targets. Images and masks are read EXIF-oriented, as PerSAM's OpenCV `i
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.loaders.common import Episode, Sample, check_same_size, read_mask, require_dir
+from utils.images import read_mask
+from utils.loaders.common import Episode, Sample, check_same_size, require_dir
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.loaders.common import image_size, require_dir
+from utils.images import image_size
+from utils.loaders.common import require_dir
 from utils.safe_pickle import load_pickle
 from utils.training import Item, TripletData
 
