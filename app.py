@@ -282,6 +282,7 @@ class PhotoSearchPage:
         message). Nothing of a search stays in the engine, whether it ends well or not."""
         session = request.session_hash if request is not None else "api"
         self.cancelled[session] = threading.Event()
+        root = self.output_dir / "searches" / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(8)}"
         try:
             self.sweep()
             shots = list(references or [])
@@ -290,7 +291,6 @@ class PhotoSearchPage:
             if not shots:
                 raise UserError("no reference", "reference photo", "upload a photo of your object and click on it, "
                                 "drag a box around it, paint it, or upload its mask")
-            root = self.output_dir / "searches" / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(8)}"
             library, index_dir = self.library(root, safe_name(name), shots, folder, uploads)
             summary = search(library, self.models, replace(self.options, score=score, index_dir=index_dir),
                              root / "results", self.run, self.interrupt(session))
@@ -299,6 +299,7 @@ class PhotoSearchPage:
                           search={"references": len(shots), "folder": folder if not uploads else None,
                                   "uploaded": len(uploads or [])})
         except UserError as err:
+            shutil.rmtree(root, ignore_errors=True)  # a failed search leaves nothing behind
             return [], [], None, None, "", self.message(err)
         finally:
             self.models.sam2.reset()

@@ -10,8 +10,8 @@ SAM2 is the real architecture of --sam2_cfg (SAM2.1-tiny by default) with seeded
 found and masks are not blank); DINOv2 is the ViT-S/14 architecture, random, unless --dinov2. It
 runs library code only, on generated scenes, photos and clips. One module per suite in
 bench_suites/, each with its own docstring, measurement and rows of the table: floor, retrieval,
-segmentation, attention, feed, compile, features, topk, photos, photo_index, library,
-video_memory. For fp32
+segmentation, attention, preview, feed, compile, features, topk, photos, photo_index,
+library, video_memory. For fp32
 against amp, the suites report the speed-up, the largest score (or feature) difference and the
 share of tied scores in each. Every run names its processor, measures its peak matmul rate (fp32,
 bf16) and counts the FLOPs of one encode and one pair (utils/machine.py), so that each phase's
@@ -24,16 +24,16 @@ from pathlib import Path
 import torch
 
 from bench_suites import (attention, common, compile as compile_suite, features, feed, floor, library, photo_index,
-                          photos, retrieval, segmentation, topk, video_memory)
+                          photos, preview, retrieval, segmentation, topk, video_memory)
 from utils.amp import amp_enabled
 from utils.cli import CliParser, add_device_arg, add_output_args, add_sam2_cfg_arg, finish, format_table, run_cli, setup
 from utils.machine import describe, peak_matmul_flops, summary
 from utils.sam2_model import SAM2_1_MODELS
 
-SUITES = {"retrieval": retrieval, "segmentation": segmentation, "attention": attention, "feed": feed,
+SUITES = {"retrieval": retrieval, "segmentation": segmentation, "attention": attention, "preview": preview, "feed": feed,
           "compile": compile_suite, "features": features, "topk": topk, "photos": photos,
           "photo_index": photo_index, "library": library, "video_memory": video_memory}
-SAM2_SUITES = {"retrieval", "segmentation", "attention", "feed", "compile", "library"}  # they report the floor
+SAM2_SUITES = {"retrieval", "segmentation", "attention", "preview", "feed", "compile", "library"}  # they report the floor
 
 
 def get_args_parser() -> CliParser:

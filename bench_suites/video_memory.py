@@ -4,9 +4,10 @@ the default 2 frames/s; the peak resident memory of each run, which SAM2's memor
 flat whatever the length. The model is SAM2.1-tiny shrunk to run the hour in minutes on a CPU
 (utils/sam2_model.py `SHRUNK_OVERRIDES`): the window it holds per object is the same number of
 frames as the full model's, each frame's memory smaller."""
-import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import av
@@ -38,13 +39,23 @@ def write_long_clip(path: Path, minutes: float, rng) -> None:
 
 
 def peak_rss_mb(command: list[str]) -> tuple[float, float]:
-    """(seconds, peak resident memory in MB) of a command run to its end."""
+    """(seconds, peak resident memory in MB) of a command run to its end: its VmHWM, read while it
+    runs (not ru_maxrss, which a child inherits from its forking parent through exec)."""
     def run():
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(process.pid, 0)
-        if os.waitstatus_to_exitcode(status):
-            raise RuntimeError(f"search_photos.py failed: {process.stderr.read().decode()[-2000:]}")
-        return usage.ru_maxrss / 1024
+        errors = tempfile.TemporaryFile()  # not a pipe: a child that says much would wait on it
+        process, peak = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors), 0.0
+        status = Path(f"/proc/{process.pid}/status")
+        while process.poll() is None:
+            try:
+                peak = max([peak] + [int(line.split()[1]) / 1024 for line in status.read_text().splitlines()
+                                     if line.startswith("VmHWM:")])
+            except OSError:  # it ended between the two looks
+                pass
+            time.sleep(0.1)
+        if process.returncode:
+            errors.seek(0)
+            raise RuntimeError(f"search_photos.py failed: {errors.read().decode()[-2000:]}")
+        return peak
     return timed(run)
 
 

@@ -278,9 +278,11 @@ def test_limits(tiny_sam2, demo_photos, tmp_path):
 def test_a_failed_search_leaves_nothing_behind(served, demo_photos, tiny_sam2, tmp_path, monkeypatch):
     """A search that fails after its images were encoded: nothing stays cached, and the next
     search's numbers equal a fresh process's."""
-    url, page, _ = served
+    url, page, root = served
     import utils.photo_search
 
+    searches = root / "outputs" / "app" / "searches"
+    before = set(searches.iterdir()) if searches.is_dir() else set()
     original = utils.photo_search.found_entry
 
     def failing(*args):
@@ -290,6 +292,7 @@ def test_a_failed_search_leaves_nothing_behind(served, demo_photos, tiny_sam2, t
     reference, box = demo_photos / "references" / "object_1.jpg", "20 30 300 260"
     *_, status = api_search(url, reference, box, "photos")
     assert "disk trouble" in status and page.models.sam2.engine.cached == []
+    assert set(searches.iterdir()) == before  # nor its folder
     monkeypatch.setattr(utils.photo_search, "found_entry", original)
     _, _, _, ranking, _, _ = api_search(url, reference, box, "photos")
     want, _ = cli_run(tiny_sam2, demo_photos, reference, box, tmp_path)  # a fresh process
@@ -425,6 +428,18 @@ def test_a_person_searches_with_a_browser(served, demo_photos, tiny_sam2, tmp_pa
         driver.save_screenshot(str(tmp_path / "app.png"))
         if os.environ.get("APP_SCREENSHOT"):  # the README's picture: APP_SCREENSHOT=docs/app.png
             shutil.copyfile(tmp_path / "app.png", os.environ["APP_SCREENSHOT"])
+
+        folder = find("#folder textarea, #folder input")[0]  # a folder with a video: its best frame and its clip
+        folder.clear()
+        folder.send_keys("clips")
+        driver.find_element(By.ID, "search").click()
+        wait_for(lambda: "videos in the folder" in driver.find_element(By.ID, "status").text and
+                 "1 videos" in driver.find_element(By.ID, "status").text, timeout=300)
+        video_captions = wait_for(lambda: [c for c in driver.execute_script(
+            "return [...document.querySelectorAll('#results .caption-label, #results figcaption')]"
+            ".map(e => e.textContent.trim())") if "clip.mp4" in c])
+        assert "best at" in video_captions[0] and "present" in video_captions[0]
+        assert wait_for(lambda: [i for i in find("#clips img") if i.get_attribute("naturalWidth") not in (None, "0")])
     finally:
         driver.quit()
     want, _ = cli_run(tiny_sam2, demo_photos, reference, prompt, tmp_path / "cli_folder")

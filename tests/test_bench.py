@@ -11,7 +11,7 @@ import pytest
 from conftest import run_script
 
 SUITE_ROWS = {"retrieval": ["all_pairs", "k_candidates"], "segmentation": ["segmentation:"],
-              "attention": ["attention 4096"], "feed": ["feed, 72 x 96", "feed, 144 x 192"], "compile": ["--compile"],
+              "attention": ["attention 4096"], "preview": ["the page's preview"], "feed": ["feed, 72 x 96", "feed, 144 x 192"], "compile": ["--compile"],
               "features": ["features @56"], "topk": ["top-K 3,000"], "photos": ["all pairs: s", "shortlist of 2"],
               "photo_index": ["first search", "second search", "after adding 1 percent", "projected"],
               "library": ["JPEG", "reduced", "HEIC", "H.264 clip", "every frame", "DINOv2 index"],
@@ -63,6 +63,8 @@ def test_each_suite_measures_what_it_says(bench):
     assert feed["encode_images_per_s"]["fp32"] == pytest.approx(1 / results["floor"]["fp32"]["t_encode_s"])
     attention = results["attention"]  # an amp engine on a CPU without AMX uses the matrix products
     assert attention["engine_uses"] == ("matmul" if results["amp_native"] and not machine["amx"] else "kernel")
+    for precision in ("fp32", "amp"):  # the preview: a click on a photo seen before does not encode it again
+        assert results["preview"][precision]["encoder_passes"] == 1  # three clicks, one encode
     for precision in ("fp32", "amp"):  # compile: its cost, and when it would pay
         row = results["compile"][precision]
         saving = (results["floor"][precision]["t_encode_s"] + results["floor"][precision]["t_pair_s"]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO, launch, run_one_and_two_processes, write_permirs
+from media import moving_scenes, write_clip
 from train_data import write_revisitop
 from utils.cli import run_cli
 from utils.images import open_image
@@ -160,14 +161,19 @@ def test_permir_two_processes_equal_one(tiny_sam2, tmp_path):
 
 
 def test_search_two_processes_equal_one(tiny_sam2, tiny_dinov2, tmp_path):
+    """Photos and videos (each video one unit of work) split across the processes: the same bytes."""
     photos = tmp_path / "photos"
     write_custom(photos, num_objects=2, num_images=7, seed=4, size=(72, 96))
+    for k in range(3):
+        write_clip(photos / "images" / "clips" / f"{k}.mp4", moving_scenes(8, 72, 96, seed=k))
     one, two = run_one_and_two_processes(
         "search_photos.py", lambda out: ["--data_path", str(photos), "--output_dir", str(out), "--chunk_size", "2",
                                          "--dinov2", str(tiny_dinov2), "--dinov2_resolution", "56", "--shortlist", "5",
                                          "--index_dir", str(out / "index"), *sam2_args(tiny_sam2)], tmp_path)
     same_outputs(one, two, ["rankings.csv", "found.json", "metrics.json"])
     assert masks_of(one) and masks_of(two) == masks_of(one)
+    found = json.loads((one / "found.json").read_text())
+    assert any(entry["image"].endswith(".mp4") for entries in found.values() for entry in entries)  # videos tracked
 
 
 def test_training_two_processes_equal_one(tiny_sam2, tmp_path):

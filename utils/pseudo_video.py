@@ -168,8 +168,8 @@ class PseudoVideo:
             for module in (model.image_encoder.neck, model.sam_mask_decoder):
                 module.to(memory_format=torch.channels_last)
         if compiled:
-            compile_modules(model)
-        else:  # compiled, the graph computes the encoding once per shape itself
+            compile_modules(model)  # the compiled graph computes the position encoding once per shape itself
+        else:
             _reuse_position_encoding(model)
         self.static_batch = static_batch if compiled else 1
         self.encoder_passes = 0  # images that went through the image encoder
