@@ -12,8 +12,8 @@ topk_candidates_ilias.py. Next: sam2_reranking.py with the same --rerank_depth.
 from pathlib import Path
 
 import numpy as np
-from utils.cli import (CliParser, add_ilias_dir_args, add_ilias_source_args, finish, format_table, positive_int,
-                       run_cli, setup)
+from utils.cli import (CliParser, add_ilias_dir_args, add_ilias_source_args, add_rerank_depth_arg, finish,
+                       format_table, run_cli, setup)
 from utils.errors import UserError
 from utils.ilias_store import OUTPUTS, image_file, load_topk, shard_record, write_image
 from utils.loaders.ilias import read_shard, shard_location
@@ -23,8 +23,7 @@ from utils.loops import progress
 def get_args_parser() -> CliParser:
     parser = CliParser(__doc__)
     add_ilias_source_args(parser)
-    parser.add_argument("--rerank_depth", type=positive_int, default=100,
-                        help="candidates per query that will be re-ranked")
+    add_rerank_depth_arg(parser)
     add_ilias_dir_args(parser, "topk", "features", "images")
     parser.add_argument("--output_dir", default=f"{OUTPUTS}/extract_candidates")
     return parser

@@ -19,8 +19,8 @@ extract_images.py, extract_candidates.py; --head_checkpoint from train_revisitop
 from pathlib import Path
 
 import numpy as np
-from utils.cli import (CliParser, add_chunk_arg, add_ilias_dir_args, add_output_args, add_sam2_args,
-                       add_visualize_arg, finish, format_table, metric_row, positive_int, run_cli, sam2_run, setup)
+from utils.cli import (CliParser, add_chunk_arg, add_ilias_dir_args, add_output_args, add_rerank_depth_arg,
+                       add_sam2_args, add_visualize_arg, finish, format_table, metric_row, run_cli, sam2_run, setup)
 from utils.errors import UserError
 from utils.ilias_store import (OUTPUTS, extracted_size, image_file, load_topk, object_id, open_extracted,
                                split_records, union_box)
@@ -40,9 +40,8 @@ SHOWN = 10
 def get_args_parser() -> CliParser:
     parser = CliParser(__doc__)
     add_sam2_args(parser)
-    parser.add_argument("--rerank_depth", type=positive_int, default=100,
-                        help="first-stage candidates re-ranked per query (k)")
-    add_ilias_dir_args(parser, 'topk', 'features', 'images')
+    add_rerank_depth_arg(parser)
+    add_ilias_dir_args(parser, "topk", "features", "images")
     parser.add_argument("--query_prompt", choices=QUERY_PROMPTS, default="box",
                         help="the whole query image with its box, or with the box filled as a mask (as training)")
     parser.add_argument("--score", choices=SCORES, default="iou")

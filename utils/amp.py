@@ -85,9 +85,10 @@ ATTENTION_BLOCK = 2**20  # score elements per block: 4 MB of fp32 scores, which 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v as bf16 matrix products over blocks of queries, each block's
-    softmax in fp32 (the scores of one block stay in cache). On a CPU without AMX, PyTorch's
-    flash-attention kernel gains nothing in bf16 (its packed GEMM path serves fp16 only), while
-    these products run at the machine's bf16 rate. Same shapes as
+    softmax computed in fp32 (PyTorch's kernel does so for bf16 scores, then rounds its output to
+    bf16, as the product with v needs it) while its scores stay in cache. On a CPU without AMX,
+    PyTorch's flash-attention kernel gains nothing in bf16 (its packed GEMM path serves fp16
+    only), while these products run at the machine's bf16 rate. Same shapes as
     `F.scaled_dot_product_attention(q, k, v)`: [..., N, D], [..., M, D], [..., M, Dv]."""
     *lead, n, d = q.shape
     m, dv = k.shape[-2], v.shape[-1]
@@ -99,8 +100,7 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     for h in range(0, queries.shape[0], heads):
         for s in range(0, n, rows):
             scores = torch.bmm(queries[h:h + heads, s:s + rows], keys[h:h + heads])
-            weights = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
-            torch.bmm(weights, values[h:h + heads], out=out[h:h + heads, s:s + rows])
+            torch.bmm(torch.softmax(scores, -1), values[h:h + heads], out=out[h:h + heads, s:s + rows])
     return out.reshape(*lead, n, dv)
 
 

@@ -192,6 +192,11 @@ def add_ilias_source_args(parser) -> None:
                             help=f"{split} shard files, in order (a name without .tar: ilias_core folder)")
 
 
+def add_rerank_depth_arg(parser) -> None:
+    parser.add_argument("--rerank_depth", type=positive_int, default=100,
+                        help="first-stage candidates re-ranked by SAM2 per query (k <= the top-K width K)")
+
+
 def add_ilias_dir_args(parser, *names: str) -> None:
     """The ILIAS steps' folders (`topk`, `features`, `images`), defaults from utils/ilias_store.py."""
     folders = {"topk": (ilias_store.TOPK_DIR, "holds topk_indices.npy, topk_scores.npy, topk_meta.json"),
