@@ -197,9 +197,11 @@ class PhotoSearchPage:
         """A click (a point) or a drag (the box) on the shown photo, added to the prompt's text."""
         if not photo or not event:
             return prompt
-        click = json.loads(event)
-        # the shown picture is the photo, upright, scaled by one factor
-        height, width = image_size(photo, exif=True, max_pixels=self.limits.pixels)
+        try:  # the shown picture is the photo, upright, scaled by one factor
+            click = json.loads(event)
+            height, width = image_size(photo, exif=True, max_pixels=self.limits.pixels)
+        except (UserError, ValueError):  # the photo's own message came with its upload
+            return prompt
         scale = width / click["size"][0]
         if click["kind"] == "box":
             x1, x2 = sorted((click["x"] * scale, click["x2"] * scale))
@@ -222,17 +224,23 @@ class PhotoSearchPage:
             shot = self.shot(photo, prompt, painted, mask_upload)
             if shot is None:
                 return display(self.decode(photo).image), None, ""
-            decoded = self.decode(photo)
-            with self.preview_lock:
-                frame = prepare_frame(decoded, self.preview_engine.image_size, f"{photo}:{Path(photo).stat().st_mtime_ns}")
-                mask = shot_masks_of(self.preview_engine, [frame], [shot.prompt])[0]
-                self.preview_engine.forget(self.preview_engine.cached[:-4])
+            picture, mask = self.shot_picture(shot)
         except UserError as err:
             return None, None, self.message(err)
-        shown = display(with_prompt(overlay(decoded.image, mask), None, shot.prompt.box, shot.prompt.points,
-                                    shot.prompt.labels))
-        return shown, Image.fromarray(mask_image(mask)), f"SAM2's mask of your object ({prompt_summary(shot.prompt)}): " \
-            f"{int(mask.sum()):,} pixels"
+        text = f"SAM2's mask of your object ({prompt_summary(shot.prompt)}): {int(mask.sum()):,} pixels"
+        return picture, Image.fromarray(mask_image(mask)), text
+
+    def shot_picture(self, shot: ReferenceFrame) -> tuple[Image.Image, np.ndarray]:
+        """A reference with SAM2's mask of its prompt overlaid and the prompt drawn, and the mask.
+        The preview engine keeps the last photos' features: a new click runs the decoder only."""
+        decoded = self.decode(shot.image)
+        with self.preview_lock:
+            frame = prepare_frame(decoded, self.preview_engine.image_size,
+                                  f"{shot.image}:{Path(shot.image).stat().st_mtime_ns}")
+            mask = shot_masks_of(self.preview_engine, [frame], [shot.prompt])[0]
+            self.preview_engine.forget(self.preview_engine.cached[:-4])
+        prompt = shot.prompt
+        return display(with_prompt(overlay(decoded.image, mask), None, prompt.box, prompt.points, prompt.labels)), mask
 
     def shot(self, photo: str, prompt: str, painted: dict | None, mask_upload: str | None) -> ReferenceFrame | None:
         """The reference photo with its prompt, checked as a prompt file is (utils/prompts.py): a
@@ -269,8 +277,9 @@ class PhotoSearchPage:
         return shot
 
     def reference_gallery(self, references: list) -> list:
-        return [(display(with_prompt(decode(r.image, exif=True).image, r.prompt.mask, r.prompt.box, r.prompt.points,
-                                     r.prompt.labels)), f"reference {k}") for k, r in enumerate(references, start=1)]
+        """Each reference kept, with its own prompt and SAM2's mask of it."""
+        return [(self.shot_picture(r)[0], f"reference {k}: {prompt_summary(r.prompt)}")
+                for k, r in enumerate(references, start=1)]
 
     # -- the search ---------------------------------------------------------------------------
 
@@ -356,7 +365,8 @@ class PhotoSearchPage:
         photos, videos, skipped = library_files(root, bounds, self.limits.pixels)
         if len(photos) + len(videos) > self.limits.files:
             raise UserError(f"the folder holds {len(photos) + len(videos)} photos and videos, more than the page's "
-                            f"{self.limits.files}", "folder", "choose a smaller folder, or ask for a larger --max_files")
+                            f"{self.limits.files}", "folder",
+                            "choose a smaller folder, or ask for a larger --max_files")
         return Library(root, {name: objects}, photos, videos, skipped, bounds), index_dir
 
     def photo_folder(self, folder: str | None) -> Path:
@@ -402,8 +412,8 @@ class PhotoSearchPage:
         pictures = []
         for frame in frames:
             mask_file = results / video_mask_file(library, name, row["image"], frame["frame"])
-            image = overlay(images[frame["frame"]], read_mask(mask_file)) if mask_file.is_file() else images[frame["frame"]]
-            pictures.append(display(image, CLIP_SIDE))
+            image = images[frame["frame"]]
+            pictures.append(display(overlay(image, read_mask(mask_file)) if mask_file.is_file() else image, CLIP_SIDE))
         buffer = io.BytesIO()
         step_ms = 1000 * (frames[1]["time"] - frames[0]["time"]) if len(frames) > 1 else 500
         pictures[0].save(buffer, format="WEBP", save_all=True, append_images=pictures[1:], duration=max(40, step_ms),
@@ -441,7 +451,9 @@ def hide_paths(text: str) -> str:
 def display(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
     """A picture for the page: at most `side` pixels on its longer side."""
     scale = side / max(image.size)
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale)))) if scale < 1 else image
+    if scale >= 1:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
 
 
 def painted_mask(painted: dict | None, height: int | None = None, width: int | None = None) -> np.ndarray | None:
@@ -594,7 +606,8 @@ def page_from_args(args) -> tuple[PhotoSearchPage, gr.Blocks]:
                     args.dinov2)
     photos_root = Path(args.photos_root).expanduser().resolve()
     if not photos_root.is_dir():
-        raise UserError("folder not found", f"--photos_root {args.photos_root}", "give the folder that holds the photos")
+        raise UserError("folder not found", f"--photos_root {args.photos_root}",
+                        "give the folder that holds the photos")
     limits = Limits(**{field: getattr(args, flag) for flag, field, _ in LIMIT_FLAGS})
     page = PhotoSearchPage(models, search_options(args), run, Path(args.output_dir), photos_root,
                            run_record(args, run), limits)

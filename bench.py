@@ -30,10 +30,11 @@ from utils.cli import CliParser, add_device_arg, add_output_args, add_sam2_cfg_a
 from utils.machine import describe, peak_matmul_flops, summary
 from utils.sam2_model import SAM2_1_MODELS
 
-SUITES = {"retrieval": retrieval, "segmentation": segmentation, "attention": attention, "preview": preview, "feed": feed,
-          "compile": compile_suite, "features": features, "topk": topk, "photos": photos,
+SUITES = {"retrieval": retrieval, "segmentation": segmentation, "attention": attention, "preview": preview,
+          "feed": feed, "compile": compile_suite, "features": features, "topk": topk, "photos": photos,
           "photo_index": photo_index, "library": library, "video_memory": video_memory}
-SAM2_SUITES = {"retrieval", "segmentation", "attention", "preview", "feed", "compile", "library"}  # they report the floor
+# the suites that measure SAM2: the floor is measured (and reported) when one of them runs
+SAM2_SUITES = {"retrieval", "segmentation", "attention", "preview", "feed", "compile", "library"}
 
 
 def get_args_parser() -> CliParser:
@@ -62,8 +63,8 @@ def get_args_parser() -> CliParser:
 
 def report(results: dict, suites: list[str]) -> str:
     machine = results["machine"]
-    rows = [["peak matmul (GFLOP/s)", f"{machine['peak_fp32_flops'] / 1e9:.0f}", f"{machine['peak_bf16_flops'] / 1e9:.0f}",
-             f"{machine['peak_bf16_flops'] / machine['peak_fp32_flops']:.2f}x", summary(machine)]]
+    fp32, bf16 = machine["peak_fp32_flops"], machine["peak_bf16_flops"]
+    rows = [["peak matmul (GFLOP/s)", f"{fp32 / 1e9:.0f}", f"{bf16 / 1e9:.0f}", f"{bf16 / fp32:.2f}x", summary(machine)]]
     if "floor" in results:
         rows += floor.rows(results)
     for name in suites:
@@ -78,8 +79,9 @@ def main(args) -> dict:
     amp = amp_enabled(True, run.device)  # where bf16 is not native, "amp" runs in fp32 (and says so)
     machine = {**describe(run.device), "peak_fp32_flops": peak_matmul_flops(run.device, torch.float32),
                "peak_bf16_flops": peak_matmul_flops(run.device, torch.bfloat16)}
-    results = {"machine": machine, "device": str(run.device), "amp_native": amp, "torch_threads": torch.get_num_threads(),
-               "sam2_cfg": args.sam2_cfg, "quick": args.quick, "image_size": args.image_size}
+    results = {"machine": machine, "device": str(run.device), "amp_native": amp,
+               "torch_threads": torch.get_num_threads(), "sam2_cfg": args.sam2_cfg, "quick": args.quick,
+               "image_size": args.image_size}
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         ctx = common.Context(args, run, Path(tmp), amp, results)
         if SAM2_SUITES & set(suites):

@@ -154,7 +154,8 @@ def main(args) -> dict:
     candidates = np.unique(top)
     images.check(candidates, depth)
 
-    sam2 = sam2_run(args, run, Head(args.head_checkpoint, args.score, args.query_prompt) if args.head_checkpoint else None)
+    head = Head(args.head_checkpoint, args.score, args.query_prompt) if args.head_checkpoint else None
+    sam2 = sam2_run(args, run, head)
     size = chunk_size(args.chunk_size, len(candidates))
     parts = sam2.parts(output_dir / "parts", rerank_depth=depth, query_prompt=args.query_prompt, chunk_size=size,
                        topk=topk["meta"])

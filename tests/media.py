@@ -41,6 +41,7 @@ def write_clip(path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx
     """A clip of the frames: libx264rgb lossless (decodes to these very pixels), or libx264 /
     libx265 in yuv420p as phones record."""
     height, width = frames[0].shape[:2]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height

@@ -12,6 +12,7 @@ import shutil
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -446,3 +447,25 @@ def test_a_person_searches_with_a_browser(served, demo_photos, tiny_sam2, tmp_pa
     assert [caption.split(". ", 1)[1].split(" —")[0] for caption in captions] == \
         [str(Path(image).relative_to("images")) for image, _ in want]
     assert (tmp_path / "app.png").stat().st_size > 10_000
+
+
+def test_a_search_stops_at_its_time_limit_or_when_cancelled(served, demo_photos, monkeypatch):
+    url, page, _ = served
+    reference, box = demo_photos / "references" / "object_0_2.jpg", "10 10 200 200"
+    monkeypatch.setattr(page, "limits", replace(page.limits, seconds=0))
+    *_, status = api_search(url, reference, box, "photos")
+    assert "took longer than the page's limit of 0 s" in status
+    monkeypatch.undo()
+    interrupt = page.interrupt
+
+    def held(session):  # the search waits at its first check until it is cancelled (or 30 s pass)
+        check = interrupt(session)
+        return lambda: page.cancelled[session].wait(30) and check()
+
+    monkeypatch.setattr(page, "interrupt", held)
+    client = Client(url, verbose=False)
+    job = client.submit(photo=handle_file(str(reference)), prompt=box, folder="photos", api_name="/search")
+    wait_for(lambda: client.session_hash in page.cancelled, timeout=60, every=0.01)
+    assert page.cancel(type("Request", (), {"session_hash": client.session_hash})()) == "Cancelling the search..."
+    assert "search cancelled" in job.result(timeout=300)[5]
+    assert page.models.sam2.engine.cached == []

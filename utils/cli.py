@@ -99,8 +99,8 @@ def add_sam2_args(parser, pairs_help: str = "(reference, target) pairs per SAM2 
     parser.add_argument("--pair_batch_size", type=positive_int, default=None,
                         help=f"{pairs_help} (default: 8 on a GPU, 1 on the CPU)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile SAM2's image encoder, memory attention and mask decoder "
-                             "(slower than eager on the CPU; README: Performance)")
+                        help="torch.compile SAM2's image encoder, memory attention and mask decoder (on the "
+                             "CPUs measured: slower than eager, or paying after 100+ targets; README: Performance)")
 
 
 def add_device_arg(parser) -> None:
