@@ -370,50 +370,74 @@ def test_a_person_searches_with_a_browser(served, demo_photos, tiny_sam2, tmp_pa
     try:
         driver.get(url)
         find = lambda css: driver.find_elements(By.CSS_SELECTOR, css)
-        wait_for(lambda: find("#reference input[type=file]"))
+        status = lambda: driver.find_element(By.ID, "status").text
+
+        def status_shows(*words, timeout=120):  # the page's message holds these words (not "processing | 0.1s")
+            try:
+                return wait_for(lambda: all(word in status() for word in words), timeout)
+            except AssertionError:
+                raise AssertionError(f"the page's message never held {words}: it says {status()!r}") from None
+
+        def search(*words):  # Gradio skips a click while the last search's stream is still closing: click again
+            deadline = time.monotonic() + 300
+            while True:
+                driver.find_element(By.ID, "search").click()
+                try:
+                    return status_shows(*words, timeout=min(30, deadline - time.monotonic()))
+                except AssertionError:
+                    if time.monotonic() >= deadline:
+                        raise
+
+        wait_for(lambda: find("#reference input[type=file]") and find("#search") and find("#status"))
         driver.find_element(By.ID, "search").click()  # nothing given yet: a message, no traceback
-        assert "no reference" in wait_for(lambda: driver.find_element(By.ID, "status").text)
+        status_shows("no reference")
 
         reference = demo_photos / "references" / "object_1.jpg"
         find("#reference input[type=file]")[0].send_keys(str(reference))
-        image = wait_for(lambda: [i for i in find("#preview img") if i.get_attribute("naturalWidth") != "0"])[0]
+        wait_for(lambda: [i for i in find("#preview img") if i.get_attribute("naturalWidth") != "0"])
         width, height = Image.open(reference).size
 
-        def click(x, y, context=False):  # at photo pixel (x, y) of the shown picture
-            rect = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];",
-                                         image)
-            offset = (int((x + 0.5) * rect[0] / width - rect[0] / 2), int((y + 0.5) * rect[1] / height - rect[1] / 2))
-            chain = ActionChains(driver).move_to_element_with_offset(image, *offset)
+        def offset(x, y):  # photo pixel (x, y) from the centre of the picture drawn (object-fit: contain)
+            image = find("#preview img")[0]
+            shown = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];",
+                                          image)
+            scale = min(shown[0] / width, shown[1] / height)
+            return image, (int((x + 0.5 - width / 2) * scale), int((y + 0.5 - height / 2) * scale))
+
+        def previewed(summary):  # the preview of the prompt so far is shown: the picture holds still
+            status_shows(f"({summary})")
+
+        def click(x, y, summary, context=False):
+            image, at = offset(x, y)
+            chain = ActionChains(driver).move_to_element_with_offset(image, *at)
             (chain.context_click() if context else chain.click()).perform()
+            previewed(summary)
 
         mask = read_mask(demo_photos / "references" / "object_1.png")
         ys, xs = mask.nonzero()
         prompt_box = lambda: find("#prompt textarea")[0].get_attribute("value")
-        offset = lambda x, y: (lambda r: (int((x + 0.5) * r[0] / width - r[0] / 2), int((y + 0.5) * r[1] / height - r[1] / 2)))(
-            driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", image))
-        start, end = offset(int(xs.min()), int(ys.min())), offset(int(xs.max()), int(ys.max()))
+        image, start = offset(int(xs.min()), int(ys.min()))
+        _, end = offset(int(xs.max()), int(ys.max()))
         ActionChains(driver).move_to_element_with_offset(image, *start).click_and_hold().move_by_offset(
             end[0] - start[0], end[1] - start[1]).release().perform()  # a drag draws the box
         box = [float(v) for v in wait_for(lambda: len(prompt_box().split()) == 4 and prompt_box()).split()]
         assert all(abs(got - want) <= 2 for got, want in zip(box, (xs.min(), ys.min(), xs.max(), ys.max()))), box
+        previewed("box")
         driver.find_element(By.ID, "clear").click()
-        wait_for(lambda: prompt_box() == "")
+        wait_for(lambda: prompt_box() == "" and status() == "")
         inside = [(int(xs[k]), int(ys[k])) for k in (len(xs) // 3, 2 * len(xs) // 3)]
         outside = (5, 5)
-        for k, (x, y) in enumerate(inside):
-            click(x, y)
-            wait_for(lambda: len(find("#prompt textarea")[0].get_attribute("value").splitlines()) == k + 1)
-        click(*outside)  # a stray click, undone
-        wait_for(lambda: len(prompt_box().splitlines()) == 3)
+        click(*inside[0], "1 point on it")
+        click(*inside[1], "2 points on it")
+        click(*outside, "3 points on it")  # a stray click, undone
         driver.find_element(By.ID, "undo").click()
-        wait_for(lambda: len(prompt_box().splitlines()) == 2)
-        click(*outside, context=True)  # a right click: a point not on the object
-        prompt = wait_for(lambda: (lambda v: len(v.splitlines()) == 3 and v)(prompt_box()))
+        previewed("2 points on it")
+        click(*outside, "2 points on it, 1 not", context=True)  # a right click: a point not on the object
+        prompt = prompt_box()
         lines = [line.split() for line in prompt.splitlines()]
         assert [line[2] for line in lines] == ["1", "1", "0"]
         for (x, y), line in zip([*inside, outside], lines):
             assert abs(float(line[0]) - x) <= 2 and abs(float(line[1]) - y) <= 2, (prompt, inside)
-        wait_for(lambda: "(2 points on it, 1 not)" in driver.find_element(By.ID, "status").text)  # the preview's
         source = wait_for(lambda: [i.get_attribute("src") for i in find("#reference_mask img")
                                    if i.get_attribute("naturalWidth") not in (None, "0")])[0]
         shown = np.asarray(Image.open(io.BytesIO(httpx.get(source).content))) > 0
@@ -421,8 +445,7 @@ def test_a_person_searches_with_a_browser(served, demo_photos, tiny_sam2, tmp_pa
         assert np.array_equal(shown, read_mask(cli / "masks" / "my_object" / "references" / "my_object.png"))
 
         find("#folder textarea, #folder input")[0].send_keys("photos")
-        driver.find_element(By.ID, "search").click()
-        wait_for(lambda: driver.find_element(By.ID, "status").text.startswith("Found in"), timeout=300)
+        search("Found in")
         captions = wait_for(lambda: driver.execute_script(
             "return [...document.querySelectorAll('#results .caption-label, #results figcaption')]"
             ".map(e => e.textContent.trim()).filter(t => t)"))
@@ -433,9 +456,7 @@ def test_a_person_searches_with_a_browser(served, demo_photos, tiny_sam2, tmp_pa
         folder = find("#folder textarea, #folder input")[0]  # a folder with a video: its best frame and its clip
         folder.clear()
         folder.send_keys("clips")
-        driver.find_element(By.ID, "search").click()
-        wait_for(lambda: "videos in the folder" in driver.find_element(By.ID, "status").text and
-                 "1 videos" in driver.find_element(By.ID, "status").text, timeout=300)
+        search("videos in the folder", "1 videos")
         video_captions = wait_for(lambda: [c for c in driver.execute_script(
             "return [...document.querySelectorAll('#results .caption-label, #results figcaption')]"
             ".map(e => e.textContent.trim())") if "clip.mp4" in c])
