@@ -201,3 +201,26 @@ def test_benchmarks_decode_whole(tmp_path, monkeypatch):
     for sample in episode.references + episode.targets:
         assert sample.load_image().size == (sample.mask.shape[1], sample.mask.shape[0])
     assert asked and set(asked) == {None}
+
+
+@pytest.mark.parametrize("shortlist", [False, True], ids=["all_pairs", "dinov2_shortlist"])
+def test_a_photo_removed_during_the_search_is_skipped_and_listed(shortlist, tiny_sam2, tiny_dinov2, tmp_path,
+                                                                 monkeypatch, capsys):
+    data = tmp_path / "photos"
+    write_custom(data, num_objects=1, num_images=4, size=(48, 64))
+    removed = []
+
+    def listed_then_removed(root):  # the file goes between the listing and its reading
+        library = load_library(root)
+        removed.append(library.photos[1])
+        (library.root / removed[0]).unlink()
+        return library
+
+    monkeypatch.setattr(search_photos, "load_library", listed_then_removed)
+    flags = ["--dinov2", tiny_dinov2, "--dinov2_resolution", 56, "--shortlist", 4] if shortlist else []
+    metrics = search(tiny_sam2, data, tmp_path / "out", *flags)
+    assert [s["file"] for s in metrics["skipped"]] == removed
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("warning: skipped: ") and removed[0] in warnings[0]
+    ranked = [row["image"] for row in csv.DictReader(open(tmp_path / "out" / "rankings.csv"))]
+    assert removed[0] not in ranked and len(ranked) == 3

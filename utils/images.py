@@ -69,6 +69,9 @@ def _unreadable(path, err: Exception) -> Unreadable:
     if isinstance(err, UnidentifiedImageError):
         return Unreadable("not a photo in a format this project reads", str(path),
                                "save it as JPEG, PNG, WebP, AVIF, HEIC, TIFF or BMP")
+    if isinstance(err, FileNotFoundError):
+        return Unreadable("no longer there (moved or removed since the search listed it)", str(path),
+                          "search again")
     reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
     return Unreadable(f"not a readable image ({reason})", str(path), "replace or re-export the file")
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.errors import UserError
+from utils.errors import UserError, warn
 from utils.feed import FrameFeed
 from utils.io import Parts
 from utils.loops import batched, progress
@@ -88,7 +88,8 @@ class PairScheduler:
         belongs to): targets of different groups never share a batch, so a group's numbers do not
         depend on what else is run with it (a resumed run equals an uninterrupted one). A target
         that fails to decode with an error of a kind in `keep_going` gives (its pairs' positions,
-        that error) instead of results; a reference image that cannot be read always stops."""
+        that error) instead of results, and one warning line; a reference image that cannot be
+        read always stops."""
         engine = self.engine
         steps = plan(pairs, references, self.pair_batch_size, groups)
         frames = self.feed.frames(decode_order(steps, references), keep_going)
@@ -115,6 +116,8 @@ class PairScheduler:
             for step in steps:
                 current = {target: next(frames) for target in step.targets}
                 failed = {t: frame for t, frame in current.items() if isinstance(frame, UserError)}
+                for target, err in failed.items():
+                    warn(f"skipped: {err.what}", target, err.fix)
                 engine.encode([frame for t, frame in current.items() if t not in failed])
                 for batch, new in step.batches:
                     for key in new:

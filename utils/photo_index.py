@@ -45,11 +45,19 @@ SEARCH_BLOCK = 65536  # vectors converted to float32 at a time while searching
 FIELDS = ("paths", "frames", "sizes", "mtimes")
 
 
+GONE = (-1, -1)  # the stats of a file removed since it was listed: reading it fails, and says so
+
+
 def file_stats(root: Path, files: list[str]) -> dict[str, tuple[int, int]]:
-    """file id -> (size in bytes, modification time in ns) of `root / file`."""
+    """file id -> (size in bytes, modification time in ns) of `root / file`, `GONE` for a file
+    that is no longer there (it is then skipped where it is read, as an unreadable file is)."""
     stats = {}
     for name in files:
-        status = os.stat(root / name)
+        try:
+            status = os.stat(root / name)
+        except FileNotFoundError:
+            stats[name] = GONE
+            continue
         stats[name] = (status.st_size, status.st_mtime_ns)
     return stats
 

@@ -211,7 +211,9 @@ class PseudoVideo:
 
     def encode(self, frames: list[Frame]) -> None:
         """Run the image encoder once on the frames not cached yet (one batch), and cache them."""
-        self._features([f for f in frames if f.image_id is not None])
+        frames = [f for f in frames if f.image_id is not None]
+        if frames:  # none when every target of a step could not be read
+            self._features(frames)
 
     @torch.no_grad()
     def _features(self, frames: list[Frame]):
