@@ -19,7 +19,7 @@ torchrun, photos and videos are split across processes. With `--dinov2`, only ea
 cannot be read is skipped with one line and listed in metrics.json. Writes rankings.csv,
 found.json, masks/<object>/references/ (the masks SAM2 tracks: --references_only writes only
 these), masks/<object>/... of the photos and video frames where the object is found, and with
---visualize N, vis/ (formats: utils/photo_search.py). The same search as a web page: app.py.
+--visualize N, vis/ (formats: utils/search_outputs.py). The same search as a web page: app.py.
 """
 from pathlib import Path
 

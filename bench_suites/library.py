@@ -140,7 +140,7 @@ def rows(results: dict) -> list[list]:
     table = [[f"library, {size} JPEG ({r['jpeg_mb']:.1f} MB) to SAM2's {r['model_side']}: photos/s whole",
               rate(r["jpeg_whole"]), "", "", "the model encodes {:.2f} img/s in fp32, {:.2f} with amp".format(
                   r["encode_images_per_s"]["fp32"], r["encode_images_per_s"]["amp"])],
-             [f"library, the same reduced (DCT scaling): photos/s", rate(r["jpeg_reduced"]), "", "", ""],
+             ["library, the same reduced (DCT scaling): photos/s", rate(r["jpeg_reduced"]), "", "", ""],
              [f"library, {size} HEIC: photos/s", rate(r["heic"]), "", "", ""],
              [f"library, {r['clip_size'][1]} x {r['clip_size'][0]} H.264 clip: frames/s sampled at 2 per s",
               rate(r["clip_sampled_2fps"]), "", "", f"decoding {r['clip_sampled_2fps_decoded_frames_per_s']:.0f} "

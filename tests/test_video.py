@@ -18,7 +18,7 @@ from tiny_sam2 import TINY_CFG, TINY_OVERRIDES
 from utils.images import read_mask
 from utils.loaders.custom import load_library
 from utils.prompts import Prompt
-from utils.pseudo_video import PseudoVideo, prepare_frame
+from utils.pseudo_video import PseudoVideo
 from utils.sam2_model import build_sam2_model, lift_object_scores
 from utils.video import probe, sampled_frames
 

@@ -35,7 +35,7 @@ from utils import ilias_store
 from utils.benchmarks import BENCHMARKS
 from utils.dist import DEFAULT_TIMEOUT_S, Run, end_processes, setup_run
 from utils.errors import UserError
-from utils.io import OutputLock, save_json
+from utils.io import OutputLock, write_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 VERSIONED = ("torch", "sam2", "transformers", "numpy", "pillow", "faiss-cpu", "datasets", "scikit-learn")
@@ -258,14 +258,6 @@ def _git_state() -> dict:
     if commit.returncode != 0:
         return {"git_commit": None}
     return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
-
-
-def write_metrics(output_dir, metrics: dict, record: dict, **work) -> tuple[Path, dict]:
-    """<output_dir>/metrics.json: the numbers, and the run's record with how the run went (`work`,
-    e.g. encoder_passes, which depend on the number of processes and on what a resumed run found
-    done), kept apart from the results. Returns the file and what was written."""
-    written = {**metrics, "run": {**record, **work}}
-    return save_json(Path(output_dir) / "metrics.json", written), written
 
 
 def finish(args, metrics: dict, table: str, run: Run | None = None, **work) -> dict:

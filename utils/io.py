@@ -76,6 +76,14 @@ def save_png(path, image: Image.Image | np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def write_metrics(output_dir, metrics: dict, record: dict, **work) -> tuple[Path, dict]:
+    """<output_dir>/metrics.json: the numbers, and the run's record with how the run went (`work`,
+    e.g. encoder_passes, which depend on the number of processes and on what a resumed run found
+    done), kept apart from the results. Returns the file and what was written."""
+    written = {**metrics, "run": {**record, **work}}
+    return save_json(Path(output_dir) / "metrics.json", written), written
+
+
 def load_json(path, what: str, fix: str):
     """A JSON file this project wrote; a damaged or foreign one is one clear line."""
     try:

@@ -26,7 +26,6 @@ when the official predictor is given relative coordinates with `normalize_coords
 The model is driven through `SAM2Base`'s own methods; nothing of sam2 is re-implemented.
 """
 import contextlib
-import functools
 import warnings
 from dataclasses import dataclass, field
 
@@ -37,9 +36,10 @@ from PIL import Image
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.utils.misc import concat_points, fill_holes_in_mask_scores
 
-from utils.amp import MatmulAttention, autocast, keep_fp32, map_tensors
+from utils.amp import MatmulAttention, autocast, keep_fp32
 from utils.images import Decoded
 from utils.prompts import Prompt
+from utils.sam2_fast import compile_modules, reuse_position_encoding
 
 # sam2.utils.misc.load_video_frames normalises with these
 IMG_MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float32)[:, None, None]
@@ -146,7 +146,7 @@ class PseudoVideo:
     (fp32 decoder, channels-last convolutions after the trunk, which give the same bf16 numbers
     faster): give an fp32 engine a model of its own.
     compiled: `torch.compile` of the image encoder, memory attention and mask decoder
-    (`compile_modules`), with static shapes: batches of more than one image or pair are padded
+    (utils/sam2_fast.py `compile_modules`), with static shapes: batches of more than one image or pair are padded
     to `static_batch` (the pair batch size), so that each shape compiles once; give it a model of
     its own too.
     matmul_attention: with amp on a CPU (not compiled), run SAM2's attention as bf16 matrix
@@ -170,7 +170,7 @@ class PseudoVideo:
         if compiled:
             compile_modules(model)  # the compiled graph computes the position encoding once per shape itself
         else:
-            _reuse_position_encoding(model)
+            reuse_position_encoding(model)
         self.static_batch = static_batch if compiled else 1
         self.encoder_passes = 0  # images that went through the image encoder
         self._backbone_cache: dict[str, list[torch.Tensor]] = {}
@@ -418,43 +418,6 @@ class PseudoVideo:
                                         object_score_logit=object_score_logits.float()[:, 0].cpu(),
                                         low_res_masks=pred_masks, sizes=[(frame.height, frame.width)]))
         return results
-
-def compile_modules(model: SAM2Base) -> None:
-    """`torch.compile` SAM2's image encoder, memory attention and mask decoder, as sam2's
-    `SAM2VideoPredictorVOS._compile_all_components` (and `SAM2Base(compile_image_encoder=True)`)
-    does: each module's forward, fullgraph, static shapes, mode max-autotune on CUDA. On the CPU
-    the default mode: max-autotune's search of matrix kernels takes many minutes there (bench.py
-    measures what compiling gains). Outputs are cloned, as the VOS predictor clones them, so
-    that CUDA graphs may reuse their buffers. Only this model instance changes."""
-    mode = "max-autotune" if model.device.type == "cuda" else None
-    for module in (model.image_encoder, model.memory_attention, model.sam_mask_decoder):
-        compiled = torch.compile(module.forward, mode=mode, fullgraph=True, dynamic=False)
-        module.forward = functools.partial(_cloned_outputs, compiled)
-
-
-def _cloned_outputs(forward, *args, **kwargs):
-    return map_tensors(torch.clone, forward(*args, **kwargs))
-
-
-def _reuse_position_encoding(model: SAM2Base) -> None:
-    """The image encoder's neck recomputes, copies and casts its sine position encoding (the same
-    for every image of a size) on every forward: at 1024 px, 64 MB per image, a tenth (fp32) to a
-    fifth (bf16) of an encode on a CPU. Give it back as a view of one cached copy per size and
-    dtype instead (the same values). Only this model instance changes; its state dict does not."""
-    encoding = model.image_encoder.neck.position_encoding
-    if getattr(encoding, "_reused", False):
-        return
-    compute, cache = encoding.forward, {}
-
-    def cached(x: torch.Tensor) -> torch.Tensor:
-        key = (x.shape[-2], x.shape[-1], x.dtype, x.device)
-        if key not in cache:
-            cache[key] = compute(x[:1]).to(x.dtype)
-        return cache[key].expand(x.shape[0], -1, -1, -1)
-
-    encoding.forward = cached
-    encoding._reused = True
-
 
 def _batched_memory(references: list[Reference]) -> dict:
     """The conditioning outputs of a batch of references: views of one reference repeated (no

@@ -58,9 +58,12 @@ class Bounds:
 
     def allows(self, path: Path) -> bool:
         real = Path(path).resolve()
-        if any(real.is_relative_to(folder) for folder in self.own):
-            return True
-        return real.is_relative_to(self.root) and not any(real.is_relative_to(folder) for folder in self.excluded)
+        return _inside(real, self.own) or real.is_relative_to(self.root) and not _inside(real, self.excluded)
+
+    def excludes(self, path: Path) -> bool:
+        """Inside an excluded folder and none of `own`: never read, nor walked into."""
+        real = Path(path).resolve()
+        return _inside(real, self.excluded) and not _inside(real, self.own)
 
     def check(self, path: Path) -> None:
         if not self.allows(path):
@@ -143,6 +146,10 @@ def library_files(root: Path, bounds: Bounds | None = None,
     return sorted(photos), sorted(videos), skipped
 
 
+def _inside(path: Path, folders) -> bool:
+    return any(path.is_relative_to(folder) for folder in folders)
+
+
 def skip(image_id: str, err: Unreadable) -> Skipped:
     """One warning line for a file the search leaves out, and its record."""
     warn(f"skipped: {err.what}", image_id, err.fix)
@@ -155,8 +162,7 @@ def _files(folder: Path, bounds: Bounds | None = None):
     seen = set()
     for current, dirs, files in os.walk(folder, followlinks=True):
         real = Path(current).resolve()
-        if real in seen or (bounds is not None and any(real.is_relative_to(f) for f in bounds.excluded)
-                            and not any(real.is_relative_to(f) for f in bounds.own)):
+        if real in seen or (bounds is not None and bounds.excludes(real)):
             dirs.clear()
             continue
         seen.add(real)
